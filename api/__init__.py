@@ -1,0 +1,1 @@
+"""REST service over a trained run: per-tile predictions and metrics."""

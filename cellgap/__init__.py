@@ -1,0 +1,1 @@
+"""cellgap: one command line that gathers the subcommands of featurestore, decoder and api."""

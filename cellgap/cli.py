@@ -1,0 +1,62 @@
+"""The `cellgap` console script: it only gathers the subcommands that each package registers.
+
+Every handler receives the parsed namespace and returns an exit code. User errors (any
+`CellgapError`) become one line on stderr and exit code 2; Ctrl-C says how to resume.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from featurestore.clitools import OneLineParser
+from featurestore.errors import CellgapError
+from featurestore.version import cellgap_version
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser: featurestore, decoder and api each add their own commands."""
+    import api.cli
+    import decoder.cli
+    import featurestore.cli
+    from cellgap import demo
+
+    parser = OneLineParser(
+        prog="cellgap",
+        description="Frozen foundation-model features, stored once, for cell segmentation and classification.",
+    )
+    parser.add_argument("--version", action="version", version=f"cellgap {cellgap_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
+    bench = commands.add_parser("bench", help="measure ratios that the design promises, in one run")
+    bench_commands = bench.add_subparsers(dest="bench", metavar="WHAT", required=True, parser_class=OneLineParser)
+    for package_cli in (featurestore.cli, decoder.cli, api.cli):
+        package_cli.register(commands, bench_commands)
+    demo.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verbose:
+        for noisy in ("distributed", "tornado", "asyncio", "httpx", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.handler(args) or 0)
+    except CellgapError as error:
+        sys.stderr.write(f"cellgap: error: {error}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("cellgap: interrupted; completed work is kept, rerun the same command to resume\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
