@@ -1,0 +1,186 @@
+"""Every data set reader on small files written in its own format, and the errors for bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from featurestore.datasets import open_dataset, open_label_source, parse_spec
+from featurestore.errors import DatasetError, DatasetNotFoundError
+from tests.conftest import write_conic, write_cytodark0, write_folder, write_pannuke
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Two instance maps describe the same cells (ids may differ)."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+def test_pannuke_makes_ids_unique_and_keeps_classes(tmp_path, tiles4):
+    root = write_pannuke(tmp_path / "fold1", tiles4)
+    dataset = open_dataset(f"pannuke:{root}")
+    assert len(dataset) == 4 and dataset.info.class_names[0] == "Neoplastic" and dataset.info.magnification == 40
+    tile = dataset[1]
+    assert tile.image.dtype == np.uint8 and tile.image.shape == (256, 256, 3)
+    assert np.array_equal(tile.image, tiles4[1].image)
+    assert tile.instances.dtype == np.int32 and tile.classes.dtype == np.uint8
+    assert _same_partition(tile.instances, tiles4[1].instances)
+    expected_classes = (tiles4[1].classes.astype(int) - 1) % 5 + 1
+    assert np.array_equal(tile.classes[tile.instances > 0], expected_classes[tiles4[1].instances > 0])
+    assert {m.tissue for m in dataset.metas()} == {"Breast", "Colon"}
+    assert "seeded-stratified" in dataset.info.split_policy
+
+
+def test_pannuke_label_source_needs_no_images(tmp_path, tiles4):
+    root = write_pannuke(tmp_path / "fold1", tiles4)
+    (root / "images.npy").unlink()
+    source = open_label_source(f"pannuke:{root}")
+    assert len(source) == 4 and source[0].tissue == "Breast" and source.class_names[1] == "Inflammatory"
+    with pytest.raises(DatasetNotFoundError, match="images.npy"):
+        open_dataset(f"pannuke:{root}")[0]
+
+
+def test_conic_groups_patches_of_one_source_into_one_split(tmp_path):
+    from tests.conftest import synthetic_tiles
+
+    tiles = synthetic_tiles(12, seed=3)
+    root = write_conic(tmp_path / "conic", tiles)
+    dataset = open_dataset(f"conic:{root}")
+    metas = dataset.metas()
+    assert dataset.info.magnification == 20 and len(dataset.info.class_names) == 6
+    by_source = {}
+    for meta in metas:
+        by_source.setdefault(meta.source, set()).add(meta.split)
+    assert all(len(splits) == 1 for splits in by_source.values())
+    assert {m.split for m in metas} == {"train", "valid", "test"}
+    assert {m.tissue for m in metas} == {"consep", "crag"}
+    assert np.array_equal(dataset[5].instances, tiles[5].instances)
+
+
+def test_seeded_split_is_reproducible_and_recorded(tmp_path):
+    from tests.conftest import synthetic_tiles
+
+    root = write_conic(tmp_path / "c", synthetic_tiles(10, seed=4), patch_info=False)
+    a = [m.split for m in open_dataset(f"conic:{root}", split_seed=1).metas()]
+    b = [m.split for m in open_dataset(f"conic:{root}", split_seed=1).metas()]
+    c = [m.split for m in open_dataset(f"conic:{root}", split_seed=2).metas()]
+    assert a == b and a != c
+    assert "seed=1" in open_dataset(f"conic:{root}", split_seed=1).info.split_policy
+
+
+def test_dataset_split_file_is_kept(tmp_path, tiles4):
+    root = write_folder(tmp_path / "f", tiles4)
+    (root / "folds.csv").write_text("img_id,fold\ntile0.png,2\ntile1,0\ntile2,1\ntile3,0\n")
+    dataset = open_dataset(f"folder:{root}")
+    assert [m.split for m in dataset.metas()] == ["test", "train", "valid", "train"]
+    assert dataset.info.split_policy == "dataset"
+
+
+@pytest.mark.parametrize("kind", ["npy2", "npy", "mat", "tif"])
+def test_folder_label_kinds(tmp_path, tiles4, kind):
+    root = write_folder(tmp_path / kind, tiles4[:2], label_kind=kind)
+    dataset = open_dataset(f"folder:{root}")
+    tile = dataset[0]
+    assert np.array_equal(tile.image, tiles4[0].image)
+    assert np.array_equal(tile.instances, tiles4[0].instances)
+    if kind in ("npy2", "mat"):
+        assert np.array_equal(tile.classes, tiles4[0].classes)
+        assert dataset.info.class_names == ("class_1", "class_2", "class_3")[: int(max(t.classes.max() for t in tiles4[:2]))]
+    else:
+        assert dataset.info.class_names == ()
+
+
+def test_folder_class_names_file(tmp_path, tiles4):
+    root = write_folder(tmp_path / "f", tiles4[:1])
+    (root / "classes.json").write_text('{"1": "tumour", "2": "lymphocyte", "3": "stromal"}')
+    assert open_dataset(f"folder:{root}").info.class_names == ("tumour", "lymphocyte", "stromal")
+
+
+def test_folder_cuts_large_images_into_covering_tiles(tmp_path):
+    from featurestore.datasets.synthetic import make_image
+    from skimage import io
+
+    big = make_image(7, 300, 520)
+    (tmp_path / "f" / "images").mkdir(parents=True)
+    (tmp_path / "f" / "labels").mkdir()
+    io.imsave(tmp_path / "f" / "images" / "big.png", big.image, check_contrast=False)
+    np.save(tmp_path / "f" / "labels" / "big.npy", big.instances)
+    dataset = open_dataset(f"folder:{tmp_path / 'f'}", tile_size=256)
+    origins = [m.origin for m in dataset.metas()]
+    assert origins == [(0, 0), (0, 256), (0, 264), (44, 0), (44, 256), (44, 264)]
+    tile = dataset[4]
+    assert np.array_equal(tile.image, big.image[44:300, 256:512])
+    assert np.array_equal(tile.instances, big.instances[44:300, 256:512])
+    assert dataset.metas()[4].name == "big@44_256"
+
+
+def test_folder_without_labels_is_inference_only(tmp_path, tiles4):
+    root = write_folder(tmp_path / "f", tiles4[:2])
+    for path in (root / "labels").iterdir():
+        path.unlink()
+    dataset = open_dataset(f"folder:{root}")
+    assert not dataset.info.has_labels
+    assert dataset[0].instances is None and dataset[0].classes is None
+
+
+def test_cytodark0_tiles_and_folds(tmp_path):
+    from featurestore.datasets.synthetic import make_image
+
+    images, labels = [], []
+    for seed in range(3):
+        field = make_image(seed, 512, 512)
+        images.append(field.image)
+        labels.append(field.instances)
+    root = write_cytodark0(tmp_path / "cyto", images, labels, folds=[0, 1, 2])
+    dataset = open_dataset(f"cytodark0:{root}")
+    assert len(dataset) == 12 and dataset.info.class_names == () and dataset.info.magnification == 20
+    assert [m.split for m in dataset.metas()][::4] == ["train", "valid", "test"]
+    assert np.array_equal(dataset[5].instances, labels[1][0:256, 256:512])
+    source = open_label_source(f"cytodark0:{root}")
+    assert len(source) == 3 and source[2].instances.shape == (512, 512)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("bogus:/x", "unknown data set format 'bogus'"),
+    ("/just/a/path", "needs a format prefix"),
+    ("folder:", "has no path"),
+    ("synthetic:abc", "synthetic:N"),
+])
+def test_bad_specs(spec, message):
+    with pytest.raises(DatasetError, match=message):
+        parse_spec(spec) if spec != "synthetic:abc" else open_dataset(spec)
+
+
+def test_missing_and_malformed_files(tmp_path, tiles4):
+    with pytest.raises(DatasetNotFoundError, match="masks.npy"):
+        open_dataset(f"pannuke:{tmp_path}")
+    np.save(tmp_path / "masks.npy", np.zeros((2, 256, 256, 5)))
+    with pytest.raises(DatasetError, match=r"expected shape \(N,H,W,6\)"):
+        open_dataset(f"pannuke:{tmp_path}")
+    conic = write_conic(tmp_path / "conic", tiles4[:2])
+    np.save(conic / "images.npy", np.zeros((3, 256, 256, 3), np.uint8))
+    with pytest.raises(DatasetError, match="disagree in count"):
+        open_dataset(f"conic:{conic}")
+
+
+def test_label_and_image_of_different_size(tmp_path, tiles4):
+    root = write_folder(tmp_path / "f", tiles4[:1], label_kind="npy")
+    np.save(root / "labels" / "tile0.npy", np.zeros((200, 256), np.int32))
+    with pytest.raises(DatasetError, match=r"label map is 200x256 but image tile0.png is 256x256"):
+        open_dataset(f"folder:{root}")[0]
+
+
+def test_partly_labelled_folder_is_refused(tmp_path, tiles4):
+    root = write_folder(tmp_path / "f", tiles4[:2])
+    (root / "labels" / "tile1.npy").unlink()
+    with pytest.raises(DatasetError, match="1 of 2 images have labels"):
+        open_dataset(f"folder:{root}")
+
+
+def test_wrong_label_dtype_and_shape(tmp_path, tiles4):
+    root = write_folder(tmp_path / "f", tiles4[:1])
+    np.save(root / "labels" / "tile0.npy", np.zeros((256, 256, 3), np.int32))
+    with pytest.raises(DatasetError, match=r"\(H,W\) or \(H,W,2\)"):
+        open_dataset(f"folder:{root}")[0]
+    np.save(root / "labels" / "tile0.npy", np.full((256, 256), 0.5))
+    with pytest.raises(DatasetError, match="non-integer"):
+        open_dataset(f"folder:{root}")[0]
