@@ -1,0 +1,172 @@
+"""`cellgap bench extract`: does storing hide behind the encoder, and do reads approach a numpy memmap?
+
+All numbers of one table come from one run on the same tiles, batch size and threads, as ratios.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featurestore.datasets.synthetic import make_tile
+from featurestore.encoders.encoder import EncoderSettings, FrozenEncoder, pick_device
+from featurestore.encoders.registry import resolve_preset
+from featurestore.datasets import open_dataset
+from featurestore.extract.job import directory_bytes
+from featurestore.extract.shards import encode_shards
+from featurestore.store import layout
+from featurestore.store.manifest import StorageRecord, new_manifest
+from featurestore.store.reader import open_store
+from featurestore.store.writer import open_or_create
+
+
+@dataclass
+class ExtractBenchRow:
+    encoder: str
+    weights: str
+    device: str
+    dtype: str
+    codec: str
+    tiles: int
+    encoder_tiles_per_s: float
+    extract_tiles_per_s: float
+    extract_over_encoder: float
+    feature_bytes_per_tile: float
+    raw_float32_bytes_per_tile: float
+    read_tiles_per_s: float
+    memmap_tiles_per_s: float
+    read_over_memmap: float
+
+
+def write_sample(folder: Path, n_tiles: int) -> str:
+    """Synthetic tiles saved in the CoNIC layout, so extraction reads them as cheaply as real data."""
+    tiles = [make_tile(seed, n_classes=3) for seed in range(n_tiles)]
+    np.save(folder / "images.npy", np.stack([t.image for t in tiles]))
+    np.save(folder / "labels.npy", np.stack([np.stack([t.instances, t.classes.astype(np.int32)], -1) for t in tiles]))
+    return f"conic:{folder}"
+
+
+def bare_encoder_rate(encoder: FrozenEncoder, images: np.ndarray, batch_size: int) -> float:
+    """Tiles/s of the encoder alone, features copied to host memory as extraction does."""
+    batches = [torch.from_numpy(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    encoder(batches[0])  # warm-up
+    started = time.perf_counter()
+    for batch in batches:
+        for values in encoder(batch):
+            values.cpu().numpy()
+    if encoder.device.type == "cuda":
+        torch.cuda.synchronize()
+    return len(images) / (time.perf_counter() - started)
+
+
+def extraction_rate(dataset, encoder: FrozenEncoder, store_path: str, batch_size: int, dtype: str, codec: str) -> float:
+    """Tiles/s of the whole extraction path (read tiles, encode, convert, write, fsync, mark done) with the
+    same warm encoder object the bare measurement used."""
+    metas = dataset.metas()
+    storage = StorageRecord(dtype=dtype, codec=codec, shard_tiles=32)
+    writer, _ = open_or_create(store_path, new_manifest(encoder.description, dataset.info, metas, storage), metas)
+    started = time.perf_counter()
+    written = encode_shards(dataset, encoder, writer, writer.pending_shards(), batch_size)
+    rate = written / (time.perf_counter() - started)
+    writer.finalize()
+    return rate
+
+
+def read_rates(store_path: str, scratch: Path, batch_size: int, rounds: int = 3, seed: int = 0) -> tuple[float, float]:
+    """Random-batch read tiles/s of every layer: the store's read API vs a numpy memmap of the same stored values
+    (int8 codes are dequantised on the training device, so both sides read codes and scales alike)."""
+    store = open_store(store_path)
+    n = store.n_tiles
+    memmaps = {}
+    for name in store.manifest.layer_names:
+        values, _ = store.read_stored_features(np.arange(n), name)
+        path = scratch / f"{name.replace('/', '_')}.npy"
+        np.save(path, values)
+        memmaps[name] = np.load(path, mmap_mode="r")
+    rng = np.random.default_rng(seed)
+    orders = [np.sort(rng.choice(n, size=min(batch_size, n), replace=False)) for _ in range(rounds * max(1, n // batch_size))]
+
+    def timed(read) -> float:
+        for order in orders[:2]:  # warm the page cache
+            read(order)
+        started = time.perf_counter()
+        for order in orders:
+            read(order)
+        return sum(len(o) for o in orders) / (time.perf_counter() - started)
+
+    store_rate = timed(lambda idx: [store.read_stored_features(idx, name) for name in memmaps])
+    memmap_rate = timed(lambda idx: [np.ascontiguousarray(mm[idx]) for mm in memmaps.values()])
+    return store_rate, memmap_rate
+
+
+def feature_bytes(store_path: str) -> float:
+    store = open_store(store_path)
+    total = sum(directory_bytes(str(Path(store_path) / p)) or 0 for p in (layout.FEATURES, layout.VIEWS)
+                if (Path(store_path) / p).exists())
+    return total / store.n_tiles
+
+
+def bench_one(name: str, sample: str, images: np.ndarray, batch_size: int, device: str, dtype: str, codec: str,
+              scratch: Path) -> ExtractBenchRow:
+    preset = resolve_preset(name)
+    pretrained = preset.package is not None  # real weights where they ship offline; seeded random elsewhere
+    settings = EncoderSettings(name=name, pretrained=pretrained)
+    encoder = FrozenEncoder(settings, device=pick_device(device))
+    dataset = open_dataset(sample)
+    encode_rates, extract_rates = [], []
+    for attempt in range(2):  # interleaved, best of two each: the machine is shared and noisy
+        encode_rates.append(bare_encoder_rate(encoder, images, batch_size))
+        store_path = str(scratch / f"{name.replace('/', '_')}-{dtype}-{codec}-{attempt}.zarr")
+        extract_rates.append(extraction_rate(dataset, encoder, store_path, batch_size, dtype, codec))
+    read_rate, memmap_rate = read_rates(store_path, scratch, batch_size)
+    raw = sum(l.channels * l.height * l.width * 4 for l in encoder.description.layers)
+    return ExtractBenchRow(
+        encoder=name, weights=encoder.description.weights_source.split(":")[0], device=str(encoder.device), dtype=dtype,
+        codec=codec, tiles=len(images), encoder_tiles_per_s=max(encode_rates), extract_tiles_per_s=max(extract_rates),
+        extract_over_encoder=max(extract_rates) / max(encode_rates), feature_bytes_per_tile=feature_bytes(store_path),
+        raw_float32_bytes_per_tile=raw, read_tiles_per_s=read_rate, memmap_tiles_per_s=memmap_rate,
+        read_over_memmap=read_rate / memmap_rate,
+    )
+
+
+def format_rows(rows: list[ExtractBenchRow]) -> str:
+    header = (f"{'encoder':<28} {'dtype':<7} {'codec':<9} {'enc t/s':>8} {'extr t/s':>8} {'extr/enc':>8} "
+              f"{'KiB/tile':>9} {'vs f32':>7} {'read t/s':>9} {'mmap t/s':>9} {'read/mmap':>9}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r.encoder + ' (' + r.weights + ')':<28} {r.dtype:<7} {r.codec:<9} {r.encoder_tiles_per_s:8.2f} "
+            f"{r.extract_tiles_per_s:8.2f} {r.extract_over_encoder:8.2f} {r.feature_bytes_per_tile / 1024:9.0f} "
+            f"{r.feature_bytes_per_tile / r.raw_float32_bytes_per_tile:7.2f} {r.read_tiles_per_s:9.0f} "
+            f"{r.memmap_tiles_per_s:9.0f} {r.read_over_memmap:9.2f}")
+    return "\n".join(lines)
+
+
+def run_extract_bench(encoders: list[str], n_tiles: int = 64, batch_size: int = 8, device: str = "auto",
+                      codecs: tuple[tuple[str, str], ...] = (("float16", "none"), ("float16", "zstd"),
+                                                              ("float16", "blosc-lz4"), ("int8", "none")),
+                      json_path: Path | None = None) -> list[ExtractBenchRow]:
+    """The bench table: every encoder with the default storage; the first one also with the other codecs."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cellgap-bench-") as tmp:
+        scratch = Path(tmp)
+        sample_dir = scratch / "sample"
+        sample_dir.mkdir()
+        sample = write_sample(sample_dir, n_tiles)
+        images = np.load(sample_dir / "images.npy")
+        print(f"threads: torch {torch.get_num_threads()}, tiles {n_tiles}, batch {batch_size}")
+        for position, name in enumerate(encoders):
+            choices = codecs if position == 0 else codecs[:1]
+            for dtype, codec in choices:
+                rows.append(bench_one(name.strip(), sample, images, batch_size, device, dtype, codec, scratch))
+                print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(format_rows(rows))
+    if json_path is not None:
+        json_path.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    return rows

@@ -1,0 +1,97 @@
+"""Running extraction on dask.distributed: shards as tasks, one encoder per worker, writes straight to the store.
+
+Each task owns whole shards, so no two workers ever write one chunk or shard. Workers reload the
+data set from its spec and the encoder from its settings, check that the weights they loaded hash
+to the manifest's, and write through the same code path as a local run.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from featurestore.errors import ManifestMismatchError, StoreError
+from featurestore.extract.config import ExtractConfig
+
+log = logging.getLogger(__name__)
+
+
+def _worker_encoder(config: ExtractConfig):
+    """The encoder this worker process loaded for these settings (loaded once per worker)."""
+    from distributed import get_worker
+
+    from featurestore.encoders.encoder import FrozenEncoder, pick_device
+
+    worker = get_worker()
+    cache = getattr(worker, "_cellgap_encoders", None)
+    if cache is None:
+        cache = {}
+        setattr(worker, "_cellgap_encoders", cache)
+    key = config.encoder.model_dump_json() + config.device
+    if key not in cache:
+        cache.clear()
+        cache[key] = FrozenEncoder(config.encoder, device=pick_device(config.device))
+    return cache[key]
+
+
+def extract_task(config: ExtractConfig, shards: list[int], manifest_sha: str, n_workers: int) -> int:
+    """One task on a worker: encode and write the given shards; returns tiles written."""
+    from featurestore.datasets import open_dataset
+    from featurestore.extract.job import set_cpu_threads
+    from featurestore.extract.shards import encode_shards
+    from featurestore.store.location import open_group
+    from featurestore.store.manifest import parse_manifest
+    from featurestore.store.writer import StoreWriter
+
+    set_cpu_threads(n_workers)
+    encoder = _worker_encoder(config)
+    if encoder.description.weights_sha256 != manifest_sha:
+        raise ManifestMismatchError(
+            f"worker loaded weights {encoder.description.weights_sha256[:12]} for {config.encoder.name!r}, "
+            f"but the store expects {manifest_sha[:12]}; every worker must see the same weights")
+    group = open_group(config.store, mode="r+")
+    writer = StoreWriter(group, parse_manifest(group.attrs.asdict(), config.store), config.store)
+    dataset = open_dataset(config.dataset, tile_size=config.encoder.tile_size, split_seed=config.split_seed)
+    return encode_shards(dataset, encoder, writer, shards, config.batch_size)
+
+
+def _client(config: ExtractConfig):
+    from distributed import Client, LocalCluster
+
+    if config.scheduler:
+        try:
+            return Client(config.scheduler, timeout="20s"), None
+        except (OSError, TimeoutError) as error:
+            raise StoreError(f"cannot reach the dask scheduler at {config.scheduler} ({error})") from None
+    cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=logging.ERROR)
+    return Client(cluster), cluster
+
+
+def run_on_dask(config: ExtractConfig, shards: Sequence[int], manifest_sha: str,
+                on_tiles: Callable[[int], None] | None = None) -> int:
+    """Spread shards over the cluster's workers (one task per shard) and wait for all of them."""
+    from distributed import as_completed
+
+    client, cluster = _client(config)
+    try:
+        n_workers = max(1, len(client.nthreads()))
+        task_config = config.model_copy(update={"progress": False})
+        futures = [client.submit(extract_task, task_config, [shard], manifest_sha,
+                                 n_workers if cluster is not None else 1, pure=False, key=f"cellgap-shard-{shard}")
+                   for shard in shards]
+        written = 0
+        try:
+            for future in as_completed(futures):
+                count = future.result()
+                written += count
+                if on_tiles is not None:
+                    on_tiles(count)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        return written
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,97 @@
+"""The extraction job: plan pending shards, run them here or on dask, and summarise what was stored."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from featurestore.datasets import open_dataset
+from featurestore.encoders.encoder import FrozenEncoder, pick_device
+from featurestore.extract.config import ExtractConfig
+from featurestore.extract.shards import encode_shards
+from featurestore.progress import progress_bar
+from featurestore.store.manifest import StorageRecord, new_manifest
+from featurestore.store.writer import open_or_create
+from featurestore.views import VIEW_SETS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExtractSummary:
+    store: str
+    tiles_total: int
+    tiles_written: int
+    seconds: float
+    bytes_on_disk: int | None
+    already_complete: bool
+
+    @property
+    def tiles_per_second(self) -> float:
+        return self.tiles_written / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def bytes_per_tile(self) -> float | None:
+        return self.bytes_on_disk / self.tiles_total if self.bytes_on_disk and self.tiles_total else None
+
+    def lines(self) -> list[str]:
+        if self.already_complete:
+            return [f"{self.store}: all {self.tiles_total} tiles are already stored; nothing to do"]
+        size = f"{self.bytes_on_disk / 2**20:.1f} MiB on disk, {self.bytes_per_tile / 2**10:.0f} KiB/tile" \
+            if self.bytes_per_tile else "size unknown (remote store)"
+        return [f"{self.store}: wrote {self.tiles_written} tiles ({self.tiles_total} in the store) in "
+                f"{self.seconds:.1f} s, {self.tiles_per_second:.1f} tiles/s; {size}"]
+
+
+def directory_bytes(location: str) -> int | None:
+    if "://" in location:
+        return None
+    return sum(p.stat().st_size for p in Path(location).rglob("*") if p.is_file())
+
+
+def run_extraction(config: ExtractConfig) -> ExtractSummary:
+    """Create or resume the store and fill every tile that is not done yet."""
+    dataset = open_dataset(config.dataset, tile_size=config.encoder.tile_size, split_seed=config.split_seed)
+    info = dataset.info
+    if info.tile_size != config.encoder.tile_size:
+        config = config.model_copy(update={"encoder": config.encoder.model_copy(update={"tile_size": info.tile_size})})
+    metas = dataset.metas()
+    if not metas:
+        from featurestore.errors import DatasetError
+
+        raise DatasetError(f"{config.dataset}: the data set has no tiles")
+    device = pick_device(config.device)
+    encoder = FrozenEncoder(config.encoder, device=device)
+    storage = StorageRecord(dtype=config.dtype, codec=config.codec, shard_tiles=config.shard_tiles,
+                            views=VIEW_SETS[config.views])
+    manifest = new_manifest(encoder.description, info, metas, storage)
+    writer, existed = open_or_create(config.store, manifest, metas)
+    pending = writer.pending_shards()
+    if not pending:
+        writer.finalize()
+        return ExtractSummary(config.store, len(metas), 0, 0.0, directory_bytes(config.store), already_complete=True)
+    n_pending = sum(len(range(s * config.shard_tiles, min(len(metas), (s + 1) * config.shard_tiles))) for s in pending)
+    if existed:
+        log.info("resuming %s: %d of %d tiles left", config.store, n_pending, len(metas))
+    started = time.perf_counter()
+    with progress_bar(n_pending, "extract", unit="tile", enabled=config.progress) as bar:
+        if config.workers or config.scheduler:
+            from featurestore.extract.distributed import run_on_dask
+
+            del encoder  # each worker loads its own copy
+            written = run_on_dask(config, pending, manifest_sha=manifest.encoder.weights_sha256, on_tiles=bar.update)
+        else:
+            written = encode_shards(dataset, encoder, writer, pending, config.batch_size, on_tiles=bar.update)
+    seconds = time.perf_counter() - started
+    writer.finalize()
+    return ExtractSummary(config.store, len(metas), written, seconds, directory_bytes(config.store), False)
+
+
+def set_cpu_threads(n_workers: int) -> None:
+    """Share the machine's cores between local workers instead of each taking all of them."""
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores // max(1, n_workers)))

@@ -1,0 +1,188 @@
+"""Encoding shards with the encoder on the critical path and everything else beside it.
+
+Three stages overlap: a reader thread loads tiles ahead, the calling thread runs the encoder, and
+a writer thread converts, writes and fsyncs finished shards. Batches never cross shard boundaries,
+so a shard's features do not depend on which other shards a run (or a worker) processed: a
+resumed or distributed run writes the same bytes as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from featurestore.datasets.base import TileDataset
+from featurestore.encoders.encoder import FrozenEncoder
+from featurestore.errors import DatasetError
+from featurestore.store import layout
+from featurestore.store.writer import ShardData, StoreWriter
+from featurestore.views import apply_view
+
+log = logging.getLogger(__name__)
+_STOP = object()
+_F16_MAX = 65504.0
+
+
+@dataclass
+class LoadedBatch:
+    shard: int
+    first: bool  # first batch of its shard
+    last: bool  # last batch of its shard
+    images: np.ndarray
+    instances: np.ndarray | None
+    classes: np.ndarray | None
+
+
+def _stack_labels(tiles: list, field: str) -> np.ndarray | None:
+    values = [getattr(t, field) for t in tiles]
+    if any(v is None for v in values):
+        return None
+    return np.stack(values)
+
+
+def iter_batches(dataset: TileDataset, shards: Sequence[int], shard_tiles: int, batch_size: int,
+                 tile_size: int) -> Iterator[LoadedBatch]:
+    n_tiles = len(dataset)
+    for shard in shards:
+        tiles = layout.shard_range(shard, n_tiles, shard_tiles)
+        starts = list(range(tiles.start, tiles.stop, batch_size))
+        for position, start in enumerate(starts):
+            loaded = [dataset[i] for i in range(start, min(start + batch_size, tiles.stop))]
+            for tile in loaded:
+                if tile.image.shape != (tile_size, tile_size, 3):
+                    raise DatasetError(f"tile {tile.meta.name}: image is {tile.image.shape}, expected "
+                                       f"({tile_size}, {tile_size}, 3)")
+            yield LoadedBatch(shard, position == 0, position == len(starts) - 1, np.stack([t.image for t in loaded]),
+                              _stack_labels(loaded, "instances"), _stack_labels(loaded, "classes"))
+
+
+class _Worker(threading.Thread):
+    """A daemon thread that records its exception for the caller to re-raise."""
+
+    def __init__(self, target: Callable[[], None], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except BaseException as error:  # handed to the calling thread, which re-raises it
+            self.error = error
+
+
+def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWriter, shards: Sequence[int],
+                  batch_size: int, on_tiles: Callable[[int], None] | None = None, prefetch: int = 3) -> int:
+    """Encode and write the given shards; returns the number of tiles written."""
+    storage = writer.manifest.storage
+    tile_size = writer.manifest.dataset.tile_size
+    half = storage.dtype == "float16"
+    loaded: queue.Queue = queue.Queue(maxsize=prefetch)
+    finished: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    written = [0]
+
+    def read() -> None:
+        try:
+            for batch in iter_batches(dataset, shards, storage.shard_tiles, batch_size, tile_size):
+                while not stop.is_set():
+                    try:
+                        loaded.put(batch, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        finally:
+            loaded.put(_STOP)
+
+    def write() -> None:
+        while True:
+            data = finished.get()
+            if data is _STOP:
+                return
+            writer.write_shard(data)
+            written[0] += len(data.images)
+
+    reader, writer_thread = _Worker(read, "cellgap-reader"), _Worker(write, "cellgap-writer")
+    reader.start()
+    writer_thread.start()
+    pin = encoder.device.type == "cuda"
+    current: dict | None = None
+    try:
+        while True:
+            batch = loaded.get()
+            if batch is _STOP:
+                break
+            if batch.first:
+                current = {"images": [], "instances": [], "classes": [], "features": {}}
+            current["images"].append(batch.images)
+            current["instances"].append(batch.instances)
+            current["classes"].append(batch.classes)
+            tiles = torch.from_numpy(batch.images)
+            if pin:
+                tiles = tiles.pin_memory()
+            for view in storage.views:
+                maps = encoder(apply_view(tiles, view, axes=(1, 2)))
+                for layer, values in zip(encoder.description.layers, maps):
+                    values = values.clamp(-_F16_MAX, _F16_MAX).half() if half else values
+                    current["features"].setdefault((view, layer.name), []).append(values.cpu().numpy())
+            if on_tiles is not None:
+                on_tiles(len(batch.images))
+            if batch.last:
+                _hand_over(finished, writer_thread, _assemble(batch.shard, current))
+                current = None
+        if reader.error is not None:
+            raise reader.error
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        stop.set()
+        _drain(loaded)
+        finished.put(_STOP)
+        writer_thread.join()
+        reader.join(timeout=5)
+    if writer_thread.error is not None:
+        raise writer_thread.error
+    return written[0]
+
+
+def _hand_over(finished: queue.Queue, writer_thread: _Worker, data: ShardData) -> None:
+    while True:
+        if writer_thread.error is not None:
+            raise writer_thread.error
+        try:
+            finished.put(data, timeout=0.2)
+            return
+        except queue.Full:
+            continue
+
+
+def _drain(q: queue.Queue) -> None:
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return
+
+
+def _assemble(shard: int, parts: dict) -> ShardData:
+    def join(values: list) -> np.ndarray | None:
+        return None if any(v is None for v in values) else np.concatenate(values)
+
+    instances, classes = join(parts["instances"]), join(parts["classes"])
+    if instances is not None and classes is None:  # untyped labels: every cell is class 1
+        classes = (instances > 0).astype(np.uint8)
+    return ShardData(
+        shard=shard,
+        images=np.concatenate(parts["images"]),
+        instances=instances,
+        classes=classes,
+        features={key: np.concatenate(values) for key, values in parts["features"].items()},
+    )

@@ -1,0 +1,210 @@
+"""Creating a store and writing whole shards of tiles; `done` is written last, after an fsync.
+
+A shard is written in one piece (never read-modify-write), by exactly one writer, and its tiles
+are marked done only once its data is durable, so an interrupted run (Ctrl-C, kill -9) leaves
+every tile either complete or pending.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from featurestore.datasets.base import TileMeta
+from featurestore.errors import StoreError
+from featurestore.store import layout
+from featurestore.store.arrays import create_array, fsync_paths, local_root, shard_file, shard_layout
+from featurestore.store.manifest import ATTRIBUTE, Manifest, check_compatible, parse_manifest
+from featurestore.store.quantize import encode_features
+from featurestore.store.location import open_group
+from featurestore.store.shardfile import ShardLayout, fsync_folder, write_shard_file
+
+log = logging.getLogger(__name__)
+CREATING = "cellgap_creating"
+
+
+@dataclass
+class ShardData:
+    """Everything one shard's tiles contribute to the store; features are float32 (n,C,h,w) per (view, layer)."""
+
+    shard: int
+    images: np.ndarray
+    instances: np.ndarray | None
+    classes: np.ndarray | None
+    features: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+
+    @property
+    def pixel_sha256(self) -> np.ndarray:
+        return np.stack([np.frombuffer(hashlib.sha256(image.tobytes()).digest(), np.uint8) for image in self.images])
+
+
+def pixel_fingerprint(hashes: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(hashes).tobytes()).hexdigest()
+
+
+class StoreWriter:
+    """Writes shards into an existing store whose manifest matches the job."""
+
+    def __init__(self, group: zarr.Group, manifest: Manifest, where: str) -> None:
+        self.group, self.manifest, self.where = group, manifest, where
+        self.n_tiles = manifest.dataset.n_tiles
+        self.shard_tiles = manifest.storage.shard_tiles
+        self._root = local_root(group)
+        self._layouts: dict[str, ShardLayout] = {}
+        for path in _sharded_paths(manifest):
+            found = shard_layout(group[path]) if path in group else None
+            if found is not None:
+                self._layouts[path] = found
+
+    @property
+    def n_shards(self) -> int:
+        return layout.shard_count(self.n_tiles, self.shard_tiles)
+
+    def done_mask(self) -> np.ndarray:
+        return np.asarray(self.group[layout.DONE][:]).astype(bool)
+
+    def pending_shards(self) -> list[int]:
+        """Shards with any tile not done; they are (re)written whole."""
+        done = self.done_mask()
+        return [s for s in range(self.n_shards)
+                if not done[layout.shard_range(s, self.n_tiles, self.shard_tiles).start:
+                            layout.shard_range(s, self.n_tiles, self.shard_tiles).stop].all()]
+
+    def write_shard(self, data: ShardData) -> None:
+        tiles = layout.shard_range(data.shard, self.n_tiles, self.shard_tiles)
+        if len(data.images) != len(tiles):
+            raise StoreError(f"shard {data.shard}: {len(data.images)} tiles given, {len(tiles)} expected")
+        values: dict[str, np.ndarray] = {layout.IMAGE: data.images, layout.PIXEL_SHA256: data.pixel_sha256}
+        if self.manifest.dataset.has_labels:
+            if data.instances is None or data.classes is None:
+                raise StoreError(f"shard {data.shard}: labels missing for a labelled data set")
+            values[layout.INSTANCES] = data.instances
+            values[layout.CLASSES] = data.classes
+        for view in self.manifest.storage.views:
+            for layer in self.manifest.encoder.layers:
+                stored, scale = encode_features(data.features[(view, layer.name)], self.manifest.storage.dtype)
+                values[layout.feature_path(layer.name, view)] = stored
+                if scale is not None:
+                    values[layout.scale_path(layer.name, view)] = scale
+        for path, shard_values in values.items():
+            self._write(path, data.shard, shard_values)
+        self._sync(list(values), data.shard)
+        self.group[layout.DONE][tiles.start : tiles.stop] = 1
+        self._sync([layout.DONE], data.shard)
+
+    def _write(self, path: str, shard: int, values: np.ndarray) -> None:
+        """One array's part of a shard: our direct shard file where the layout allows, else zarr-python."""
+        array = self.group[path]
+        shard_layout = self._layouts.get(path)
+        if self._root is not None and shard_layout is not None:
+            write_shard_file(shard_file(self._root, array, shard), shard_layout, values)
+            return
+        tiles = layout.shard_range(shard, self.n_tiles, self.shard_tiles)
+        array[tiles.start : tiles.stop] = values
+
+    def _sync(self, paths: Sequence[str], shard: int) -> None:
+        """Make a shard's files and the folders they were renamed into durable (local stores only)."""
+        if self._root is None:
+            return  # object stores make each write durable and atomic on their own
+        files = [shard_file(self._root, self.group[p], shard) for p in paths]
+        fsync_paths([f for p, f in zip(paths, files) if p not in self._layouts])  # direct writes fsync themselves
+        for folder in {f.parent for f in files if f.exists()}:
+            fsync_folder(folder)
+
+    def finalize(self) -> Manifest:
+        """Record the pixel fingerprint once every tile is done; returns the (possibly updated) manifest."""
+        if not self.done_mask().all() or self.manifest.pixels_sha256 is not None:
+            return self.manifest
+        hashes = np.asarray(self.group[layout.PIXEL_SHA256][:])
+        self.manifest = self.manifest.model_copy(update={"pixels_sha256": pixel_fingerprint(hashes)})
+        self.group.attrs[ATTRIBUTE] = self.manifest.model_dump(mode="json")
+        return self.manifest
+
+
+def _sharded_paths(manifest: Manifest) -> list[str]:
+    paths = [layout.IMAGE, layout.INSTANCES, layout.CLASSES]
+    for view in manifest.storage.views:
+        for layer in manifest.encoder.layers:
+            paths += [layout.feature_path(layer.name, view), layout.scale_path(layer.name, view)]
+    return paths
+
+
+def _write_metadata(group: zarr.Group, metas: Sequence[TileMeta], shard_tiles: int) -> None:
+    n_tiles = len(metas)
+    chunk = (min(shard_tiles, n_tiles),)
+    for path, values in ((layout.NAME, [m.name for m in metas]), (layout.SOURCE, [m.source for m in metas]),
+                         (layout.TISSUE, [m.tissue for m in metas])):
+        array = group.create_array(path, shape=(n_tiles,), chunks=chunk, dtype=str)
+        array[:] = np.array(values, dtype=object)
+    group[layout.SPLIT][:] = np.array([layout.SPLIT_CODES[m.split] for m in metas], np.uint8)
+    group[layout.ORIGIN][:] = np.array([m.origin for m in metas], np.int32).reshape(n_tiles, 2)
+
+
+def create_store(location: str, manifest: Manifest, metas: Sequence[TileMeta]) -> StoreWriter:
+    """A new store with every array and the tile metadata; the manifest is written last."""
+    group = open_group(location, mode="w")
+    group.attrs[CREATING] = True
+    shard_tiles = manifest.storage.shard_tiles
+    specs = layout.tile_arrays(len(metas), manifest.dataset.tile_size, manifest.dataset.has_labels)
+    layers = [(l.name, l.channels, l.height, l.width) for l in manifest.encoder.layers]
+    specs += layout.feature_arrays(len(metas), layers, manifest.storage.dtype, manifest.storage.codec,
+                                   manifest.storage.views)
+    for spec in specs:
+        create_array(group, spec, shard_tiles)
+    _write_metadata(group, metas, shard_tiles)
+    group.attrs.update({ATTRIBUTE: manifest.model_dump(mode="json")})
+    group.attrs.__delitem__(CREATING)
+    return StoreWriter(group, manifest, location)
+
+
+def open_or_create(location: str, manifest: Manifest, metas: Sequence[TileMeta]) -> tuple[StoreWriter, bool]:
+    """Resume a compatible store or create a new one. Returns the writer and whether it already existed."""
+    exists, group = _existing_group(location)
+    if not exists:
+        return create_store(location, manifest, metas), False
+    if CREATING in group.attrs or ATTRIBUTE not in group.attrs:
+        if CREATING not in group.attrs:
+            raise StoreError(f"{location}: exists and is not a cellgap store; choose another --store path")
+        log.info("%s: an earlier run stopped while creating the store; creating it again", location)
+        _remove(location)
+        return create_store(location, manifest, metas), False
+    stored = parse_manifest(group.attrs.asdict(), location)
+    check_compatible(stored, manifest, location)
+    _remove_partial_files(location)
+    return StoreWriter(open_group(location, mode="r+"), stored, location), True
+
+
+def _existing_group(location: str) -> tuple[bool, zarr.Group | None]:
+    if "://" not in location:
+        path = Path(location)
+        if not path.exists():
+            return False, None
+        if path.is_file() or (path.is_dir() and any(path.iterdir()) and not (path / "zarr.json").exists()):
+            raise StoreError(f"{location}: exists and is not a cellgap store; choose another --store path")
+        if not (path / "zarr.json").exists():
+            return False, None
+    try:
+        return True, open_group(location, mode="r")
+    except FileNotFoundError:
+        return False, None
+
+
+def _remove(location: str) -> None:
+    if "://" in location:
+        open_group(location, mode="w")  # overwriting a group clears it
+    else:
+        shutil.rmtree(location)
+
+
+def _remove_partial_files(location: str) -> None:
+    """Temporary files of writes cut short by a kill; the data they were meant to hold is rewritten."""
+    if "://" in location:
+        return
+    for path in Path(location).rglob("*.partial"):
+        path.unlink(missing_ok=True)

@@ -1,0 +1,85 @@
+"""The feature store's commands: help, a real extraction, and one-line errors with exit code 2."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cellgap.cli import main
+from tests.conftest import write_conic, write_folder
+
+CELLGAP = str(Path(sys.executable).with_name("cellgap"))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CELLGAP, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_every_command():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("extract", "store", "encoders", "evaluate", "bench"):
+        assert command in result.stdout
+
+
+def test_extract_folder_prints_a_summary_and_progress(tmp_path, tiles4):
+    root = write_folder(tmp_path / "f", tiles4[:2])
+    result = run_cli("extract", "--dataset", f"folder:{root}", "--encoder", "convnext_atto", "--pretrained", "false",
+                     "--store", str(tmp_path / "s.zarr"), "--batch-size", "2")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 2 tiles" in result.stdout and "KiB/tile" in result.stdout
+    assert "tile/s" in result.stderr  # the progress bar's rate
+
+
+def _one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, tiles4):
+    base = ["--encoder", "convnext_atto", "--pretrained", "false", "--no-progress"]
+    _one_line_error(run_cli("extract", "--dataset", "bogus:/x", "--store", str(tmp_path / "a.zarr"), *base),
+                    "unknown data set format 'bogus'")
+    _one_line_error(run_cli("extract", "--dataset", f"conic:{tmp_path / 'nothing'}", "--store", str(tmp_path / "b.zarr"),
+                            *base), "labels.npy", "not found")
+    root = write_folder(tmp_path / "f", tiles4[:1])
+    np.save(root / "labels" / "tile0.npy", np.zeros((10, 10), np.int32))
+    _one_line_error(run_cli("extract", "--dataset", f"folder:{root}", "--store", str(tmp_path / "c.zarr"), *base),
+                    "tile0.npy", "10x10", "256x256")
+    from featurestore.store import open_store
+
+    assert not open_store(str(tmp_path / "c.zarr")).done.any()  # the failed tile is not marked done
+    good = write_conic(tmp_path / "conic", tiles4[:2])
+    _one_line_error(run_cli("extract", "--dataset", f"conic:{good}", "--store", str(tmp_path / "d.zarr"),
+                            "--encoder", "convnext_atoo", "--pretrained", "false"), "unknown encoder", "did you mean")
+    _one_line_error(run_cli("extract", "--dataset", f"conic:{good}", "--store", str(tmp_path / "e.zarr"), *base,
+                            "--layers", "shallow"), "for ViTs")
+    _one_line_error(run_cli("extract", "--dataset", f"conic:{good}", "--store", str(tmp_path / "e.zarr"), *base,
+                            "--batch-size", "0"), "batch-size")
+    _one_line_error(run_cli("store", "info", str(tmp_path / "missing.zarr")), "no store here")
+
+
+def test_store_of_another_encoder_on_the_command_line(tmp_path, tiles4):
+    good = write_conic(tmp_path / "conic", tiles4[:2])
+    store = str(tmp_path / "s.zarr")
+    assert main(["extract", "--dataset", f"conic:{good}", "--store", store, "--encoder", "convnext_atto",
+                 "--pretrained", "false", "--no-progress"]) == 0
+    result = run_cli("extract", "--dataset", f"conic:{good}", "--store", store, "--encoder", "vit_tiny", "--pretrained",
+                     "false", "--no-progress")
+    _one_line_error(result, "written by encoder 'convnext_atto'")
+    from featurestore.store import open_store
+
+    assert open_store(store).done.all()  # the refused run left the store as it was
+
+
+def test_encoders_lists_presets(capsys):
+    assert main(["encoders"]) == 0
+    out = capsys.readouterr().out
+    for name in ("imagenet/efficientnet_lite0", "convnext_base_22k", "uni2_h", "virchow2", "prov_gigapath"):
+        assert name in out
