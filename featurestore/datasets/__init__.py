@@ -20,6 +20,7 @@ from featurestore.datasets.base import (
 from featurestore.errors import DatasetError
 
 FORMATS: tuple[str, ...] = ("pannuke", "conic", "cytodark0", "folder", "synthetic")
+LABEL_FORMATS: tuple[str, ...] = FORMATS + ("store",)
 
 __all__ = [
     "FORMATS", "SPLITS", "DatasetInfo", "LabelSource", "LabelledImage", "Tile", "TileDataset", "TileMeta",
@@ -27,14 +28,14 @@ __all__ = [
 ]
 
 
-def parse_spec(spec: str) -> tuple[str, str]:
+def parse_spec(spec: str, formats: tuple[str, ...] = FORMATS) -> tuple[str, str]:
     """Split `FORMAT:PATH` and check the format."""
     if ":" not in spec:
-        raise DatasetError(f"data set {spec!r} needs a format prefix: one of {', '.join(f + ':' for f in FORMATS)}")
+        raise DatasetError(f"data set {spec!r} needs a format prefix: one of {', '.join(f + ':' for f in formats)}")
     fmt, _, path = spec.partition(":")
     fmt = fmt.strip().lower()
-    if fmt not in FORMATS:
-        raise DatasetError(f"unknown data set format {fmt!r} in {spec!r} (known: {', '.join(FORMATS)})")
+    if fmt not in formats:
+        raise DatasetError(f"unknown data set format {fmt!r} in {spec!r} (known: {', '.join(formats)})")
     if not path:
         raise DatasetError(f"data set {spec!r} has no path after '{fmt}:'")
     return fmt, path
@@ -69,8 +70,15 @@ def open_dataset(spec: str, *, tile_size: int = 256, split_seed: int = 0) -> Til
 
 
 def open_label_source(spec: str) -> LabelSource:
-    """Whole labelled images of `FORMAT:PATH` for evaluation, in a fixed order with names."""
-    fmt, path = parse_spec(spec)
+    """Whole labelled images of `FORMAT:PATH` for evaluation, in a fixed order with names.
+
+    Besides the data set formats, `store:PATH[,split=NAME]` reads the labels kept in a feature store.
+    """
+    fmt, path = parse_spec(spec, LABEL_FORMATS)
+    if fmt == "store":
+        from featurestore.datasets.storelabels import StoreLabels, parse_store_spec
+
+        return StoreLabels(*parse_store_spec(path, spec))
     root = Path(path).expanduser()
     if fmt == "pannuke":
         from featurestore.datasets.pannuke import PanNukeDataset
