@@ -10,3 +10,15 @@ class DecoderError(CellgapError):
 
 class EvaluationError(DecoderError, ValueError):
     """Ground truth and prediction cannot be compared (mismatched counts or shapes, bad ids or classes)."""
+
+
+class CheckpointError(DecoderError, ValueError):
+    """A run directory or checkpoint is missing, damaged, or not a cellgap checkpoint."""
+
+
+class TrainingError(DecoderError, ValueError):
+    """A training run cannot start or continue (bad settings, an existing run dir without --resume)."""
+
+
+class PredictionError(DecoderError, ValueError):
+    """Input to prediction cannot be used (not an image, wrong channels, empty)."""

@@ -1,0 +1,1 @@
+"""Training a decoder from a feature store: config, loop, validation, checkpoints and curves."""

@@ -1,0 +1,139 @@
+"""Prediction: from a store, from images of any size (sliding windows), outputs, and bad inputs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from decoder.errors import CheckpointError, PredictionError
+from decoder.predictor import Predictor
+from decoder.sliding import blend_windows, window_weight
+from decoder.inference import TileMaps
+from featurestore.errors import ManifestMismatchError
+
+CELLGAP = str(Path(sys.executable).with_name("cellgap"))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CELLGAP, *args], capture_output=True, text=True, timeout=600)
+
+
+def test_blending_reproduces_a_map_exactly_where_windows_agree():
+    """Windows that all see the same global map blend back to that map (weights normalise everywhere)."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (600, 700, 3), dtype=np.uint8)
+    truth = rng.random((3, 600, 700)).astype(np.float32)
+    origins = []
+
+    def windows_of(batch):
+        maps = []
+        for window in batch:
+            where = np.argwhere((image[..., 0] == window[0, 0, 0]) & (image[..., 1] == window[0, 0, 1]))
+            row, col = next((r, c) for r, c in where if np.array_equal(image[r:r + 256, c:c + 256], window))
+            origins.append((row, col))
+            maps.append(TileMaps(truth[:, row:row + 256, col:col + 256], truth[:1].repeat(4, 0)[:, row:row + 256, col:col + 256], None))
+        return maps
+
+    blended = blend_windows(image, 256, windows_of, batch_size=4)
+    np.testing.assert_allclose(blended.sm1, truth, rtol=1e-5, atol=1e-6)
+    assert (0, 0) in origins and (344, 444) in origins  # windows flush with the far edges
+    assert window_weight(256).min() > 0
+
+
+def test_sliding_window_on_600x700_finds_each_cell_once(trained_run):
+    from featurestore.datasets.synthetic import make_image
+
+    predictor = Predictor.from_run(trained_run)
+    field = make_image(11, 600, 700)
+    found = predictor.predict_image(field.image)
+    assert found.labels.shape == (600, 700)
+    ids = np.unique(found.labels)[1:]
+    assert np.array_equal(ids, np.arange(1, len(found) + 1))  # sequential, no gaps
+    from scipy import ndimage
+
+    for index in ids:  # no duplicated cell split across a window border: each instance is one connected piece
+        _, pieces = ndimage.label(found.labels == index)
+        assert pieces == 1
+
+
+def test_small_images_are_padded_and_cropped(trained_run):
+    predictor = Predictor.from_run(trained_run)
+    image = np.full((100, 180, 3), 200, np.uint8)
+    assert predictor.predict_image(image).labels.shape == (100, 180)
+
+
+def test_predict_store_then_evaluate(tmp_path, trained_run, conv_store):
+    out = tmp_path / "pred"
+    result = run_cli("predict", "--run", str(trained_run), "--store", str(conv_store), "--split", "all", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    labels = sorted((out / "labels").glob("*.npy"))
+    assert len(labels) == 10 and (out / "classes.json").exists()
+    assert len(list((out / "geojson").glob("*.geojson"))) == 10 and len(list((out / "overlays").glob("*.png"))) == 10
+    first = np.load(labels[0])
+    assert first.shape == (256, 256, 2)
+    geojson = json.loads(next((out / "geojson").glob("*.geojson")).read_text())
+    assert geojson["type"] == "FeatureCollection"
+    metrics = tmp_path / "m.json"
+    result = run_cli("evaluate", "--gt", f"store:{conv_store}", "--pred", f"folder:{out}", "--json", str(metrics))
+    assert result.returncode == 0, result.stderr
+    values = json.loads(metrics.read_text())
+    assert values["n_images"] == 10 and values["instance"]["pq"] is not None
+
+
+def test_predict_images_encodes_on_the_fly(tmp_path, trained_run):
+    from skimage import io
+
+    from featurestore.datasets.synthetic import make_image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    io.imsave(folder / "big.png", make_image(3, 300, 400).image, check_contrast=False)
+    out = tmp_path / "pred"
+    result = run_cli("predict", "--run", str(trained_run), "--images", str(folder), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert np.load(out / "labels" / "big.npy").shape == (300, 400, 2)
+    assert (out / "geojson" / "big.geojson").exists() and (out / "cells" / "big.csv").exists()
+
+
+def test_store_of_another_encoder_is_refused(tmp_path, trained_run, vit_store):
+    with pytest.raises(ManifestMismatchError, match="holds features of encoder 'vit_tiny'"):
+        from decoder.predict import predict_store
+
+        predict_store(trained_run, str(vit_store), None, tmp_path / "p", progress=False)
+    result = run_cli("predict", "--run", str(trained_run), "--store", str(vit_store), "--out", str(tmp_path / "q"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "vit_tiny" in result.stderr
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, trained_run):
+    def one_line(result, fragment):
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+        assert fragment in result.stderr
+
+    one_line(run_cli("predict", "--run", str(tmp_path / "nope"), "--images", str(tmp_path), "--out", str(tmp_path / "o")),
+             "run directory not found")
+    from skimage import io
+
+    good = tmp_path / "good"
+    good.mkdir()
+    io.imsave(good / "tile.png", np.full((64, 64, 3), 180, np.uint8), check_contrast=False)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"garbage")
+    one_line(run_cli("predict", "--run", str(broken), "--images", str(good), "--out", str(tmp_path / "o")),
+             "not a usable cellgap checkpoint")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    (images / "fake.png").write_text("not a png")
+    one_line(run_cli("predict", "--run", str(trained_run), "--images", str(images), "--out", str(tmp_path / "o")),
+             "cannot read image")
+    one_line(run_cli("train", "--store", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "r")), "no store here")
+    with pytest.raises(PredictionError, match="RGB image"):
+        Predictor.from_run(trained_run).predict_image(np.zeros((10, 10), np.uint8))
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        Predictor.from_run(tmp_path)
