@@ -3,8 +3,10 @@
 One code path for every encoder, sized from the store's manifest (`NetworkSpec`): each tapped
 layer is projected to its level's width (ViT blocks first upsampled UNETR-style), then a U-Net
 top-down path fuses the levels down to full resolution, where a small conv stem on the image
-provides the last skip. Heads follow CISCA: shared features for SM1 and the distance maps, a
-separate branch for the cell types.
+provides the last skip. Heads follow CISCA: shared full-resolution features for SM1 and the
+distance maps (thin boundaries need every pixel), and a separate branch for the cell types. The
+type branch reads the stride-4 level, wider and with a larger field of view than the full-resolution
+one, and its logits are upsampled: types are pooled over each cell's pixels anyway.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from torch import nn
 
 from decoder.networks.blocks import ConvBlock, Head, LearnedUpsample, Projection
 from decoder.networks.spec import NetworkSpec
+
+CLASS_STRIDE = 4
 
 
 class CellDecoder(nn.Module):
@@ -44,7 +48,9 @@ class CellDecoder(nn.Module):
         self.sm1_head = Head(cfg.head_features, cfg.head_width, 3)
         self.ddm_head = Head(cfg.head_features, cfg.ddm_head_width, 4)
         if spec.n_classes > 0:
-            self.class_features = nn.Sequential(nn.Conv2d(previous, cfg.head_features, 3, padding=1), nn.ReLU(inplace=True))
+            self.class_stride = CLASS_STRIDE if CLASS_STRIDE in levels else levels[0]
+            width = spec.width(self.class_stride)
+            self.class_features = nn.Sequential(nn.Conv2d(width, cfg.head_features, 3, padding=1), nn.ReLU(inplace=True))
             self.class_head = Head(cfg.head_features, cfg.head_width, spec.n_classes + 1)
 
     def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -58,6 +64,7 @@ class CellDecoder(nn.Module):
             skips.setdefault(plan.target_stride, []).append(x)
         skips.setdefault(1, []).append(self.stem(image))
         x = None
+        level_outputs: dict[int, torch.Tensor] = {}
         for stride in self.spec.levels:
             parts = skips.get(stride, [])
             if x is not None:
@@ -65,10 +72,12 @@ class CellDecoder(nn.Module):
                 x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
                 parts = [x, *parts]
             x = self.level_blocks[str(stride)](torch.cat(parts, dim=1))
+            level_outputs[stride] = x
         shared = self.shared(x)
         out = {"sm1": self.sm1_head(shared), "ddm": self.ddm_head(shared)}
         if self.spec.n_classes > 0:
-            out["sm2"] = self.class_head(self.class_features(x))
+            logits = self.class_head(self.class_features(level_outputs[self.class_stride]))
+            out["sm2"] = F.interpolate(logits, size=(tile, tile), mode="bilinear", align_corners=False)
         return out
 
 

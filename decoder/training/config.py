@@ -17,7 +17,7 @@ class TrainConfig(BaseModel):
     store: str
     out: Path
     epochs: int = Field(20, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(4, ge=1)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     optimizer: Literal["adamw", "adam"] = "adamw"
