@@ -77,15 +77,22 @@ class _Worker(threading.Thread):
 
 
 def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWriter, shards: Sequence[int],
-                  batch_size: int, on_tiles: Callable[[int], None] | None = None, prefetch: int = 3) -> int:
-    """Encode and write the given shards; returns the number of tiles written."""
+                  batch_size: int, on_tiles: Callable[[int], None] | None = None, prefetch: int = 3,
+                  writer_threads: int | None = None) -> int:
+    """Encode and write the given shards; returns the number of tiles written.
+
+    Shards are independent files, so several writer threads can write different shards at once:
+    one is enough beside a CPU encoder (they share the cores), a GPU outruns one disk writer.
+    """
+    n_writers = writer_threads or (4 if encoder.device.type == "cuda" else 1)
     storage = writer.manifest.storage
     tile_size = writer.manifest.dataset.tile_size
     half = storage.dtype == "float16"
     loaded: queue.Queue = queue.Queue(maxsize=prefetch)
-    finished: queue.Queue = queue.Queue(maxsize=2)
+    finished: queue.Queue = queue.Queue(maxsize=n_writers + 1)
     stop = threading.Event()
     written = [0]
+    count_lock = threading.Lock()
 
     def read() -> None:
         try:
@@ -107,11 +114,14 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
             if data is _STOP:
                 return
             writer.write_shard(data)
-            written[0] += len(data.images)
+            with count_lock:
+                written[0] += len(data.images)
 
-    reader, writer_thread = _Worker(read, "cellgap-reader"), _Worker(write, "cellgap-writer")
+    reader = _Worker(read, "cellgap-reader")
+    writer_threads_ = [_Worker(write, f"cellgap-writer-{i}") for i in range(n_writers)]
     reader.start()
-    writer_thread.start()
+    for thread in writer_threads_:
+        thread.start()
     pin = encoder.device.type == "cuda"
     current: dict | None = None
     try:
@@ -135,7 +145,7 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
             if on_tiles is not None:
                 on_tiles(len(batch.images))
             if batch.last:
-                _hand_over(finished, writer_thread, _assemble(batch.shard, current))
+                _hand_over(finished, writer_threads_, _assemble(batch.shard, current))
                 current = None
         if reader.error is not None:
             raise reader.error
@@ -145,18 +155,23 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
     finally:
         stop.set()
         _drain(loaded)
-        finished.put(_STOP)
-        writer_thread.join()
+        for thread in writer_threads_:
+            if thread.is_alive():
+                finished.put(_STOP)
+        for thread in writer_threads_:
+            thread.join()
         reader.join(timeout=5)
-    if writer_thread.error is not None:
-        raise writer_thread.error
+    for thread in writer_threads_:
+        if thread.error is not None:
+            raise thread.error
     return written[0]
 
 
-def _hand_over(finished: queue.Queue, writer_thread: _Worker, data: ShardData) -> None:
+def _hand_over(finished: queue.Queue, writer_threads: list[_Worker], data: ShardData) -> None:
     while True:
-        if writer_thread.error is not None:
-            raise writer_thread.error
+        failed = next((t.error for t in writer_threads if t.error is not None), None)
+        if failed is not None:
+            raise failed
         try:
             finished.put(data, timeout=0.2)
             return
