@@ -1,0 +1,113 @@
+"""Typed request and answer bodies of the service, with the examples shown in the OpenAPI document."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_CELL_EXAMPLE = {"id": 1, "class_id": 2, "class_name": "inflammatory", "probability": 0.91,
+                 "centroid": [37.4, 12.9], "bbox": [31, 7, 44, 19], "area": 118,
+                 "polygon": [[33.0, 7.0], [42.0, 7.0], [42.0, 9.0], [44.0, 9.0], [44.0, 17.0], [40.0, 19.0],
+                             [33.0, 19.0], [31.0, 15.0], [31.0, 9.0], [33.0, 7.0]]}
+
+
+class CellOut(BaseModel):
+    """One nucleus. Centroid in pixel-index units; bbox and polygon in pixel-edge units (QuPath's)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_CELL_EXAMPLE]})
+
+    id: int = Field(description="instance id in the label map, 1..n")
+    class_id: int = Field(description="cell type id, 1..K")
+    class_name: str
+    probability: float = Field(description="mean probability of the chosen type over the cell")
+    centroid: tuple[float, float] = Field(description="(x, y)")
+    bbox: tuple[int, int, int, int] = Field(description="(x_min, y_min, x_max, y_max), max exclusive")
+    area: int = Field(description="pixels")
+    polygon: list[tuple[float, float]] = Field(description="closed ring of (x, y), first vertex repeated last")
+
+
+class PredictResponse(BaseModel):
+    """Cells found in one image."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "tile.png", "width": 256, "height": 256, "model_id": "convnext_atto-3f2a9c", "sliding_window": False,
+        "n_cells": 1, "counts": {"neoplastic": 0, "inflammatory": 1}, "cells": [_CELL_EXAMPLE]}]})
+
+    name: str = Field("", description="the uploaded file's name (used only as a label)")
+    width: int
+    height: int
+    model_id: str
+    sliding_window: bool = Field(description="true when the image was larger than a tile")
+    n_cells: int
+    counts: dict[str, int] = Field(description="cells per class name, every class listed")
+    cells: list[CellOut]
+    overlay_png: str | None = Field(None, description="base64 PNG of the overlay, only with overlay=true")
+
+
+class BatchResponse(BaseModel):
+    """One result per uploaded file, in upload order."""
+
+    model_id: str
+    results: list[PredictResponse]
+
+
+class ModelInfo(BaseModel):
+    """The loaded run."""
+
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [{
+        "model_id": "convnext_atto-3f2a9c", "tile_size": 256, "class_names": ["neoplastic", "inflammatory"],
+        "run": {"encoder": {"name": "convnext_atto"}, "layers": ["0", "1", "2", "3"], "training": {"best_pq": 0.61}}}]})
+
+    model_id: str
+    tile_size: int
+    class_names: list[str]
+    run: dict[str, Any] = Field(description="encoder, layers, classes, training metrics and store manifest of the run")
+
+
+class ModelsResponse(BaseModel):
+    """The models this service holds (one run)."""
+
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(BaseModel):
+    status: str = Field(examples=["ready"])
+    model_id: str = Field(examples=["convnext_atto-3f2a9c"])
+
+
+class LabelArrays(BaseModel):
+    """One label map as JSON arrays (small tiles): instance ids (0 = background) and optional class ids."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[list[int]] = Field(description="(H, W) instance ids", examples=[[[0, 1, 1], [0, 1, 0], [2, 0, 0]]])
+    classes: list[list[int]] | None = Field(None, description="(H, W) class per pixel, 0 = background")
+
+
+class ImagePair(BaseModel):
+    """Ground truth and prediction of one image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=200, description="label for the image (default: its position)")
+    tissue: str = Field("", max_length=200, description="tissue type, for PanNuke's per-tissue mPQ/bPQ")
+    gt: LabelArrays
+    pred: LabelArrays
+
+
+class EvaluateArrays(BaseModel):
+    """The JSON form of /v1/evaluate."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "images": [{"name": "a", "gt": {"instances": [[0, 1, 1], [0, 1, 0], [2, 0, 0]],
+                                         "classes": [[0, 1, 1], [0, 1, 0], [2, 0, 0]]},
+                    "pred": {"instances": [[0, 3, 3], [0, 3, 0], [0, 0, 0]],
+                             "classes": [[0, 1, 1], [0, 1, 0], [0, 0, 0]]}}],
+        "class_names": ["tumour", "immune"]}]})
+
+    images: list[ImagePair] = Field(min_length=1)
+    class_names: list[str] = Field(default_factory=list, description="class_names[k-1] names class id k")

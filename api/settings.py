@@ -1,0 +1,38 @@
+"""Typed service settings read from the environment (prefix `CELLGAP_`), validated once at startup."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment; `CELLGAP_RUN_DIR=/runs/x` sets `run_dir`."""
+
+    model_config = SettingsConfigDict(env_prefix="CELLGAP_", extra="ignore", frozen=True, env_ignore_empty=True)
+
+    run_dir: Path | None = Field(None, description="trained run to serve; without one only /v1/evaluate works")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads of the model (torch); default: torch's")
+    api_key: SecretStr | None = Field(None, description="when set, every /v1 route needs it in X-API-Key")
+    max_body_bytes: int = Field(64 * MIB, ge=1024, description="largest request body accepted (413 above)")
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="largest image (height x width) decoded or predicted")
+    max_files: int = Field(32, ge=1, le=1000, description="most files in one batch or evaluate request")
+    batch_size: int = Field(8, ge=1, le=256, description="most tiles the model sees in one forward pass")
+    batch_wait_ms: float = Field(10.0, ge=0.0, le=1000.0,
+                                 description="longest wait for requests already arriving to join a batch")
+    queue_size: int = Field(256, ge=1, description="image area (in tiles) waiting for the model; beyond it 503")
+    predict_timeout_s: float = Field(300.0, gt=0.0, description="longest wait for one prediction (503 after)")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503 answers")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this process's environment, read once."""
+    return Settings()
