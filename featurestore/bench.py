@@ -5,6 +5,7 @@ All numbers of one table come from one run on the same tiles, batch size and thr
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -41,6 +42,8 @@ class ExtractBenchRow:
     read_tiles_per_s: float
     memmap_tiles_per_s: float
     read_over_memmap: float
+    disk_write_mb_per_s: float
+    disk_cap_tiles_per_s: float
 
 
 def write_sample(folder: Path, n_tiles: int) -> str:
@@ -52,16 +55,33 @@ def write_sample(folder: Path, n_tiles: int) -> str:
 
 
 def bare_encoder_rate(encoder: FrozenEncoder, images: np.ndarray, batch_size: int) -> float:
-    """Tiles/s of the encoder alone, features copied to host memory as extraction does."""
+    """Tiles/s of the encoder's forward pass alone (features left where they were computed)."""
     batches = [torch.from_numpy(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    encoder(batches[0])  # warm-up
+    for batch in batches[:2]:  # warm-up
+        encoder(batch)
+    if encoder.device.type == "cuda":
+        torch.cuda.synchronize()
     started = time.perf_counter()
     for batch in batches:
-        for values in encoder(batch):
-            values.cpu().numpy()
+        encoder(batch)
     if encoder.device.type == "cuda":
         torch.cuda.synchronize()
     return len(images) / (time.perf_counter() - started)
+
+
+def disk_write_rate(folder: Path, megabytes: int = 256) -> float:
+    """Sequential write MB/s with fsync in the scratch folder: the ceiling of any store written there."""
+    block = np.random.default_rng(0).integers(0, 255, 16 * 2**20, dtype=np.uint8).tobytes()
+    path = folder / "disk-probe.bin"
+    started = time.perf_counter()
+    with open(path, "wb") as handle:
+        for _ in range(megabytes // 16):
+            handle.write(block)
+        handle.flush()
+        os.fsync(handle.fileno())
+    seconds = time.perf_counter() - started
+    path.unlink()
+    return megabytes * 2**20 / seconds / 1e6
 
 
 def extraction_rate(dataset, encoder: FrozenEncoder, store_path: str, batch_size: int, dtype: str, codec: str) -> float:
@@ -84,10 +104,12 @@ def read_rates(store_path: str, scratch: Path, batch_size: int, rounds: int = 3,
     n = store.n_tiles
     memmaps = {}
     for name in store.manifest.layer_names:
-        values, _ = store.read_stored_features(np.arange(n), name)
-        path = scratch / f"{name.replace('/', '_')}.npy"
-        np.save(path, values)
-        memmaps[name] = np.load(path, mmap_mode="r")
+        values, scales = store.read_stored_features(np.arange(n), name)
+        for suffix, array in (("", values), ("_scale", scales)):
+            if array is not None:
+                path = scratch / f"{name.replace('/', '_')}{suffix}.npy"
+                np.save(path, array)
+                memmaps[name + suffix] = np.load(path, mmap_mode="r")
     rng = np.random.default_rng(seed)
     orders = [np.sort(rng.choice(n, size=min(batch_size, n), replace=False)) for _ in range(rounds * max(1, n // batch_size))]
 
@@ -99,7 +121,7 @@ def read_rates(store_path: str, scratch: Path, batch_size: int, rounds: int = 3,
             read(order)
         return sum(len(o) for o in orders) / (time.perf_counter() - started)
 
-    store_rate = timed(lambda idx: [store.read_stored_features(idx, name) for name in memmaps])
+    store_rate = timed(lambda idx: [store.read_stored_features(idx, name) for name in store.manifest.layer_names])
     memmap_rate = timed(lambda idx: [np.ascontiguousarray(mm[idx]) for mm in memmaps.values()])
     return store_rate, memmap_rate
 
@@ -124,26 +146,28 @@ def bench_one(name: str, sample: str, images: np.ndarray, batch_size: int, devic
         store_path = str(scratch / f"{name.replace('/', '_')}-{dtype}-{codec}-{attempt}.zarr")
         extract_rates.append(extraction_rate(dataset, encoder, store_path, batch_size, dtype, codec))
     read_rate, memmap_rate = read_rates(store_path, scratch, batch_size)
+    disk_mb = disk_write_rate(scratch)
     raw = sum(l.channels * l.height * l.width * 4 for l in encoder.description.layers)
     return ExtractBenchRow(
         encoder=name, weights=encoder.description.weights_source.split(":")[0], device=str(encoder.device), dtype=dtype,
         codec=codec, tiles=len(images), encoder_tiles_per_s=max(encode_rates), extract_tiles_per_s=max(extract_rates),
         extract_over_encoder=max(extract_rates) / max(encode_rates), feature_bytes_per_tile=feature_bytes(store_path),
         raw_float32_bytes_per_tile=raw, read_tiles_per_s=read_rate, memmap_tiles_per_s=memmap_rate,
-        read_over_memmap=read_rate / memmap_rate,
+        read_over_memmap=read_rate / memmap_rate, disk_write_mb_per_s=disk_mb,
+        disk_cap_tiles_per_s=disk_mb * 1e6 / ((directory_bytes(store_path) or 1) / len(images)),
     )
 
 
 def format_rows(rows: list[ExtractBenchRow]) -> str:
     header = (f"{'encoder':<28} {'dtype':<7} {'codec':<9} {'enc t/s':>8} {'extr t/s':>8} {'extr/enc':>8} "
-              f"{'KiB/tile':>9} {'vs f32':>7} {'read t/s':>9} {'mmap t/s':>9} {'read/mmap':>9}")
+              f"{'KiB/tile':>9} {'vs f32':>7} {'read t/s':>9} {'mmap t/s':>9} {'read/mmap':>9} {'disk cap':>8}")
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
             f"{r.encoder + ' (' + r.weights + ')':<28} {r.dtype:<7} {r.codec:<9} {r.encoder_tiles_per_s:8.2f} "
             f"{r.extract_tiles_per_s:8.2f} {r.extract_over_encoder:8.2f} {r.feature_bytes_per_tile / 1024:9.0f} "
             f"{r.feature_bytes_per_tile / r.raw_float32_bytes_per_tile:7.2f} {r.read_tiles_per_s:9.0f} "
-            f"{r.memmap_tiles_per_s:9.0f} {r.read_over_memmap:9.2f}")
+            f"{r.memmap_tiles_per_s:9.0f} {r.read_over_memmap:9.2f} {r.disk_cap_tiles_per_s:8.0f}")
     return "\n".join(lines)
 
 

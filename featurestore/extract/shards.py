@@ -110,9 +110,10 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
 
     def write() -> None:
         while True:
-            data = finished.get()
-            if data is _STOP:
+            item = finished.get()
+            if item is _STOP:
                 return
+            data = _assemble(*item)  # concatenating a shard is a copy: keep it off the encoder's thread
             writer.write_shard(data)
             with count_lock:
                 written[0] += len(data.images)
@@ -122,31 +123,51 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
     reader.start()
     for thread in writer_threads_:
         thread.start()
-    pin = encoder.device.type == "cuda"
-    current: dict | None = None
+    cuda = encoder.device.type == "cuda"
+    state: dict = {"current": None}
+
+    def finish(batch: LoadedBatch, host: dict, event) -> None:
+        """Collect a batch whose features are (or are being) copied to host memory."""
+        if event is not None:
+            event.synchronize()
+        if batch.first:
+            state["current"] = {"images": [], "instances": [], "classes": [], "features": {}}
+        current = state["current"]
+        current["images"].append(batch.images)
+        current["instances"].append(batch.instances)
+        current["classes"].append(batch.classes)
+        for key, values in host.items():
+            current["features"].setdefault(key, []).append(values.numpy())
+        if on_tiles is not None:
+            on_tiles(len(batch.images))
+        if batch.last:
+            _hand_over(finished, writer_threads_, (batch.shard, current))
+            state["current"] = None
+
+    pending = None  # on a GPU, a batch's copy to host overlaps the next batch's forward pass
     try:
         while True:
             batch = loaded.get()
             if batch is _STOP:
                 break
-            if batch.first:
-                current = {"images": [], "instances": [], "classes": [], "features": {}}
-            current["images"].append(batch.images)
-            current["instances"].append(batch.instances)
-            current["classes"].append(batch.classes)
             tiles = torch.from_numpy(batch.images)
-            if pin:
+            if cuda:
                 tiles = tiles.pin_memory()
+            host = {}
             for view in storage.views:
                 maps = encoder(apply_view(tiles, view, axes=(1, 2)))
                 for layer, values in zip(encoder.description.layers, maps):
                     values = values.clamp(-_F16_MAX, _F16_MAX).half() if half else values
-                    current["features"].setdefault((view, layer.name), []).append(values.cpu().numpy())
-            if on_tiles is not None:
-                on_tiles(len(batch.images))
-            if batch.last:
-                _hand_over(finished, writer_threads_, _assemble(batch.shard, current))
-                current = None
+                    host[(view, layer.name)] = _to_host(values, cuda)
+            event = None
+            if cuda:
+                event = torch.cuda.Event()
+                event.record()
+            if pending is not None:
+                finish(*pending)
+            pending = (batch, host, event)
+        if pending is not None:
+            finish(*pending)
         if reader.error is not None:
             raise reader.error
     except BaseException:
@@ -167,7 +188,16 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
     return written[0]
 
 
-def _hand_over(finished: queue.Queue, writer_threads: list[_Worker], data: ShardData) -> None:
+def _to_host(values: torch.Tensor, cuda: bool) -> torch.Tensor:
+    """Host copy of a feature map: asynchronous into pinned memory on a GPU, plain on a CPU."""
+    if not cuda:
+        return values
+    buffer = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+    buffer.copy_(values, non_blocking=True)
+    return buffer
+
+
+def _hand_over(finished: queue.Queue, writer_threads: list[_Worker], data: tuple[int, dict]) -> None:
     while True:
         failed = next((t.error for t in writer_threads if t.error is not None), None)
         if failed is not None:

@@ -142,7 +142,8 @@ class ShardFileReader:
             within = indices[rows] - shard * self.layout.shard_tiles
             data, index, view = self._shard(int(shard))
             if view is not None:
-                out[rows] = view[within]
+                for row, position in zip(rows, within):  # one copy per tile (fancy indexing would copy twice)
+                    out[row] = view[position]
                 continue
             for row, position in zip(rows, within):
                 offset, length = index[position]
