@@ -6,13 +6,11 @@ Also post-processing time per tile against the decoder's forward time.
 """
 from __future__ import annotations
 
-import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from decoder.inference import forward_probabilities, instances_of, postprocess_preset, split_tiles
@@ -20,6 +18,7 @@ from decoder.loader import StoreBatches
 from decoder.losses import CiscaLoss, LossWeights
 from decoder.networks import CellDecoder, DecoderConfig, network_spec
 from decoder.targets_cache import TargetCache, target_config_for
+from featurestore.benchtools import report_rows
 from featurestore.encoders.encoder import EncoderSettings, FrozenEncoder, pick_device
 from featurestore.encoders.registry import resolve_preset
 from featurestore.extract.config import ExtractConfig
@@ -159,8 +158,5 @@ def run_train_bench(encoders: list[str], n_tiles: int = 32, batch_size: int = 8,
         for name in encoders:
             rows.append(bench_encoder(name.strip(), Path(tmp), n_tiles, batch_size, epochs, device))
             print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
-    print()
-    print(format_rows(rows))
-    if json_path is not None:
-        json_path.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    report_rows(rows, format_rows, json_path)
     return rows

@@ -7,7 +7,7 @@ max/min filter with them serve the morphology of targets and post-processing.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -112,3 +112,18 @@ def _shift_rows(line: np.ndarray, dy: int, cval: float | int) -> np.ndarray:
         else:
             out[-dy:] = line[: height + dy]
     return out
+
+
+def magnification_defaults(data: Any, table: dict[int, dict[str, Any]]) -> Any:
+    """Fill a config's raw fields with the sizes its magnification implies (explicit fields win).
+
+    Used by `model_validator(mode="before")` of the target and post-processing configs; a value that
+    is not a magnification is left for the field validator to report.
+    """
+    if not isinstance(data, dict):
+        return data
+    try:
+        magnification = int(data.get("magnification", 40))
+    except (TypeError, ValueError):
+        return data
+    return {**table.get(magnification, {}), **data}

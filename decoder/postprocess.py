@@ -18,7 +18,7 @@ from skimage.measure import label as label_components
 from skimage.morphology import skeletonize
 from skimage.segmentation import watershed
 
-from decoder.kernels import FootprintShape, directional_kernels, footprint
+from decoder.kernels import FootprintShape, directional_kernels, footprint, magnification_defaults
 
 PresetName = Literal["pannuke", "conic", "cytodark0-20x", "cytodark0-40x"]
 
@@ -65,13 +65,7 @@ class PostprocessConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _sizes_from_magnification(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            try:
-                magnification = int(data.get("magnification", 40))
-            except (TypeError, ValueError):
-                return data  # the field validator reports it
-            data = {**_BY_MAGNIFICATION.get(magnification, {}), **data}
-        return data
+        return magnification_defaults(data, _BY_MAGNIFICATION)
 
     @classmethod
     def preset(cls, name: PresetName | None = None, magnification: int = 40, **overrides: Any) -> PostprocessConfig:

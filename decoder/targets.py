@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import ndimage as ndi
 
-from decoder.kernels import FootprintShape, flat_filter, footprint
+from decoder.kernels import FootprintShape, flat_filter, footprint, magnification_defaults
 
 BOUNDARY, BODY, BACKGROUND = 0, 1, 2
 """SM1 values and channel order."""
@@ -54,13 +54,7 @@ class TargetConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _sizes_from_magnification(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            try:
-                magnification = int(data.get("magnification", 40))
-            except (TypeError, ValueError):
-                return data  # the field validator reports it
-            data = {**_MORPHOLOGY.get(magnification, {}), **data}
-        return data
+        return magnification_defaults(data, _MORPHOLOGY)
 
     @classmethod
     def for_magnification(cls, magnification: int) -> TargetConfig:

@@ -4,20 +4,20 @@ All numbers of one table come from one run on the same tiles, batch size and thr
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from featurestore.benchtools import report_rows
+from featurestore.datasets import open_dataset
 from featurestore.datasets.synthetic import make_tile
 from featurestore.encoders.encoder import EncoderSettings, FrozenEncoder, pick_device
 from featurestore.encoders.registry import resolve_preset
-from featurestore.datasets import open_dataset
 from featurestore.extract.job import directory_bytes
 from featurestore.extract.shards import encode_shards
 from featurestore.store import layout
@@ -189,8 +189,5 @@ def run_extract_bench(encoders: list[str], n_tiles: int = 64, batch_size: int = 
             for dtype, codec in choices:
                 rows.append(bench_one(name.strip(), sample, images, batch_size, device, dtype, codec, scratch))
                 print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
-    print()
-    print(format_rows(rows))
-    if json_path is not None:
-        json_path.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    report_rows(rows, format_rows, json_path)
     return rows

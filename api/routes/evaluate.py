@@ -7,8 +7,8 @@ for small tiles (`EvaluateArrays`). Scoring uses `decoder.metrics` only.
 from __future__ import annotations
 
 import json
-from pathlib import PurePosixPath
 from enum import IntEnum
+from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 import numpy as np

@@ -11,8 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from decoder.errors import EvaluationError
-from decoder.metrics.classes import ClassPQCounts, check_class_values, class_pq_counts, classes_from_instances, \
-    instance_classes
+from decoder.metrics.classes import (
+    ClassPQCounts,
+    check_class_values,
+    class_pq_counts,
+    classes_from_instances,
+    instance_classes,
+)
 from decoder.metrics.detection import DetectionCounts, centroids, detection_counts
 from decoder.metrics.instance import InstanceScores, instance_scores
 from decoder.metrics.overlaps import Relabelled, check_same_shape, overlap_table, relabel_values

@@ -14,8 +14,15 @@ from decoder.metrics.detection import DetectionCounts, detection_scores
 from decoder.metrics.image import ImageStats
 from decoder.metrics.instance import INSTANCE_METRICS
 from decoder.metrics.pannuke import image_bpq, image_class_pq, nanmean, pannuke_summary
-from decoder.metrics.results import (ConicMetrics, DetectionMetrics, ImageMetrics, InstanceMetrics, MetricsReport,
-                                     PanNukeMetrics, TissueMetrics)
+from decoder.metrics.results import (
+    ConicMetrics,
+    DetectionMetrics,
+    ImageMetrics,
+    InstanceMetrics,
+    MetricsReport,
+    PanNukeMetrics,
+    TissueMetrics,
+)
 
 
 def _by_class(values: dict[int, float]) -> dict[str, float]:

@@ -9,8 +9,8 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
 from featurestore.errors import StoreError
-from featurestore.store.shardfile import ShardLayout
 from featurestore.store.layout import ArraySpec
+from featurestore.store.shardfile import ShardLayout
 
 
 def compressors_for(codec: str) -> list | None:

@@ -59,7 +59,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"store     {info['location']}",
         f"complete  {info['tiles']['done']}/{info['tiles']['total']} tiles"
         f" ({'complete' if info['complete'] else 'incomplete: rerun extract to resume'})",
-        f"splits    " + ", ".join(f"{k} {v}" for k, v in info["tiles"]["splits"].items()),
+        "splits    " + ", ".join(f"{k} {v}" for k, v in info["tiles"]["splits"].items()),
         f"dataset   {ds['format']}:{ds['path']}  tile {ds['tile_size']}px  magnification "
         f"{ds['magnification'] or 'unknown'}  classes {', '.join(ds['class_names']) or '(none)'}",
         f"encoder   {enc['name']} [{enc['architecture']}]  weights {enc['weights_source']} sha256 {enc['weights_sha256'][:16]}",

@@ -20,9 +20,9 @@ from featurestore.datasets.base import TileMeta
 from featurestore.errors import StoreError
 from featurestore.store import layout
 from featurestore.store.arrays import create_array, fsync_paths, local_root, shard_file, shard_layout
+from featurestore.store.location import open_group
 from featurestore.store.manifest import ATTRIBUTE, Manifest, check_compatible, parse_manifest
 from featurestore.store.quantize import encode_features
-from featurestore.store.location import open_group
 from featurestore.store.shardfile import ShardLayout, fsync_folder, write_shard_file
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from cellgap.cli import main
 from tests.conftest import write_conic, write_folder

@@ -96,8 +96,9 @@ def test_folder_class_names_file(tmp_path, tiles4):
 
 
 def test_folder_cuts_large_images_into_covering_tiles(tmp_path):
-    from featurestore.datasets.synthetic import make_image
     from skimage import io
+
+    from featurestore.datasets.synthetic import make_image
 
     big = make_image(7, 300, 520)
     (tmp_path / "f" / "images").mkdir(parents=True)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import math
 
+import metrics_oracle as oracle
 import numpy as np
 import pytest
 
-import metrics_oracle as oracle
 from decoder.metrics import EvaluationAccumulator, image_stats
 from decoder.metrics.classes import InstanceClasses, class_pq_counts, instance_classes
 from decoder.metrics.conic import r2_score

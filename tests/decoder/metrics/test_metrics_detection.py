@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import math
 
+import metrics_oracle as oracle
 import numpy as np
 import pytest
 
-import metrics_oracle as oracle
 from decoder.metrics import EvaluationAccumulator, image_stats
 from decoder.metrics.detection import DetectionCounts, centroids, detection_counts, detection_scores
 from decoder.metrics.overlaps import relabel_values

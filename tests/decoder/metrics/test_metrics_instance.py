@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import math
 
+import metrics_oracle as oracle
 import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-import metrics_oracle as oracle
 from decoder.metrics import image_stats
 from decoder.metrics.matching import assign_max_weight, best_pair_per_gt, match_by_iou
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import math
 
+import metrics_oracle as oracle
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import metrics_oracle as oracle
 from decoder.metrics import image_stats
 
 SETTINGS = settings(max_examples=40, deadline=None)
