@@ -71,7 +71,7 @@ class StoreBatches:
         generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
         batches = []
         for start in range(0, len(order), self.batch_size):
-            chunk = np.asarray(order[start : start + self.batch_size])
+            chunk = np.sort(order[start : start + self.batch_size])  # sorted reads gather one block per shard
             if self.augment == "d4":
                 views = random_views(len(chunk), generator, ALL_VIEWS)
             elif self.augment == "views":
