@@ -90,8 +90,9 @@ def flops_per_tile(model: CellDecoder, feature_shapes: list[tuple[int, ...]]) ->
     from torch.utils.flop_counter import FlopCounterMode
 
     tile = model.spec.tile_size
-    features = [torch.zeros((1,) + tuple(shape)) for shape in feature_shapes]
-    image = torch.zeros(1, 3, tile, tile)
+    device = next(model.parameters()).device
+    features = [torch.zeros((1,) + tuple(shape), device=device) for shape in feature_shapes]
+    image = torch.zeros(1, 3, tile, tile, device=device)
     was_training = model.training
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:

@@ -64,6 +64,15 @@ def fsync_paths(paths: list[Path]) -> None:
             os.close(descriptor)
 
 
+def is_raw_chunked(array: zarr.Array) -> bool:
+    """True for an unsharded array stored as raw little-endian chunks (no compressor): its chunk files are plain bytes."""
+    from zarr.codecs import BytesCodec
+
+    codecs = array.metadata.codecs
+    return (len(codecs) == 1 and isinstance(codecs[0], BytesCodec) and array.shards is None
+            and np.dtype(array.dtype).byteorder in ("=", "<", "|"))
+
+
 def shard_layout(array: zarr.Array) -> ShardLayout | None:
     """The direct-I/O description of an array made by `create_array` with per-tile inner chunks, else None."""
     from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec

@@ -15,7 +15,12 @@ import numpy as np
 from featurestore.errors import ManifestMismatchError, StoreError
 from featurestore.store import layout
 from featurestore.store.location import open_group
-from featurestore.store.manifest import Manifest, check_compatible, differences, parse_manifest
+from featurestore.store.manifest import (
+    Manifest,
+    check_compatible,
+    differences,
+    parse_manifest,
+)
 from featurestore.store.writer import CREATING
 
 log = logging.getLogger(__name__)

@@ -47,7 +47,8 @@ def write_shard_file(path: Path, layout: ShardLayout, tiles: np.ndarray) -> None
     """Write one shard (tiles of shape (n, *tile_shape), n <= shard_tiles) atomically and durably."""
     if tiles.shape[1:] != layout.tile_shape or len(tiles) > layout.shard_tiles:
         raise StoreError(f"{path}: shard data {tiles.shape} does not fit tiles of {layout.tile_shape}")
-    tiles = np.ascontiguousarray(tiles, dtype=layout.dtype.newbyteorder("<"))
+    if tiles.dtype != layout.dtype or not tiles.flags.c_contiguous:
+        tiles = np.ascontiguousarray(tiles, dtype=layout.dtype)  # the store's dtypes are little-endian or bytes
     index = np.full((layout.shard_tiles, 2), EMPTY, dtype="<u8")
     if layout.zstd_level is None:
         chunks = [memoryview(tiles).cast("B")]
@@ -68,6 +69,23 @@ def write_shard_file(path: Path, layout: ShardLayout, tiles: np.ndarray) -> None
                 handle.write(chunk)
             handle.write(index_bytes)
             handle.write(struct.pack("<I", google_crc32c.value(index_bytes)))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_chunk_file(path: Path, chunk_shape: tuple[int, ...], dtype: np.dtype, values: np.ndarray) -> None:
+    """Write one uncompressed regular chunk (raw little-endian bytes, padded to the full chunk) atomically."""
+    full = np.zeros(chunk_shape, dtype)
+    full[tuple(slice(0, n) for n in values.shape)] = values
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(memoryview(full).cast("B"))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)

@@ -19,11 +19,11 @@ import zarr
 from featurestore.datasets.base import TileMeta
 from featurestore.errors import StoreError
 from featurestore.store import layout
-from featurestore.store.arrays import create_array, fsync_paths, local_root, shard_file, shard_layout
+from featurestore.store.arrays import create_array, fsync_paths, is_raw_chunked, local_root, shard_file, shard_layout
 from featurestore.store.location import open_group
 from featurestore.store.manifest import ATTRIBUTE, Manifest, check_compatible, parse_manifest
 from featurestore.store.quantize import encode_features
-from featurestore.store.shardfile import ShardLayout, fsync_folder, write_shard_file
+from featurestore.store.shardfile import ShardLayout, fsync_folder, write_chunk_file, write_shard_file
 
 log = logging.getLogger(__name__)
 CREATING = "cellgap_creating"
@@ -61,6 +61,7 @@ class StoreWriter:
             found = shard_layout(group[path]) if path in group else None
             if found is not None:
                 self._layouts[path] = found
+        self._raw_chunked = {p for p in (layout.DONE, layout.PIXEL_SHA256) if p in group and is_raw_chunked(group[p])}
 
     @property
     def n_shards(self) -> int:
@@ -95,15 +96,18 @@ class StoreWriter:
         for path, shard_values in values.items():
             self._write(path, data.shard, shard_values)
         self._sync(list(values), data.shard)
-        self.group[layout.DONE][tiles.start : tiles.stop] = 1
+        self._write(layout.DONE, data.shard, np.ones(len(tiles), np.uint8))
         self._sync([layout.DONE], data.shard)
 
     def _write(self, path: str, shard: int, values: np.ndarray) -> None:
-        """One array's part of a shard: our direct shard file where the layout allows, else zarr-python."""
+        """One array's part of a shard: our direct shard or chunk file where the layout allows, else zarr-python."""
         array = self.group[path]
         shard_layout = self._layouts.get(path)
         if self._root is not None and shard_layout is not None:
             write_shard_file(shard_file(self._root, array, shard), shard_layout, values)
+            return
+        if self._root is not None and path in self._raw_chunked:
+            write_chunk_file(shard_file(self._root, array, shard), tuple(array.chunks), np.dtype(array.dtype), values)
             return
         tiles = layout.shard_range(shard, self.n_tiles, self.shard_tiles)
         array[tiles.start : tiles.stop] = values
@@ -113,7 +117,8 @@ class StoreWriter:
         if self._root is None:
             return  # object stores make each write durable and atomic on their own
         files = [shard_file(self._root, self.group[p], shard) for p in paths]
-        fsync_paths([f for p, f in zip(paths, files) if p not in self._layouts])  # direct writes fsync themselves
+        direct = set(self._layouts) | self._raw_chunked  # direct writes fsync their files themselves
+        fsync_paths([f for p, f in zip(paths, files) if p not in direct])
         for folder in {f.parent for f in files if f.exists()}:
             fsync_folder(folder)
 
