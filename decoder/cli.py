@@ -8,12 +8,14 @@ from featurestore.clitools import positive_int
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    from decoder.compare import cli as compare_cli
     from decoder.metrics import cli as metrics_cli
 
     metrics_cli.register(commands, bench)
     _register_train(commands)
     _register_predict(commands)
     _register_bench(bench)
+    compare_cli.register(commands, bench)
 
 
 def _register_train(commands: argparse._SubParsersAction) -> None:

@@ -74,8 +74,8 @@ def write_folder(folder: Path, tiles, label_kind: str = "npy2", names=None) -> P
 
 
 def write_cytodark0(root: Path, images, labels, folds) -> Path:
-    from skimage import io
     import tifffile
+    from skimage import io
 
     base = root / "20x" / "1024x1024"
     (base / "image").mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,6 @@ def test_one_training_step_reduces_the_loss(conv_store):
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert set(parts) == {"cce", "dice_boundary", "dice_body", "mae", "msge", "celltype"}
     assert losses[-1] < losses[0]

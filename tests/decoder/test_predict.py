@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from decoder.errors import CheckpointError, PredictionError
+from decoder.inference import TileMaps
 from decoder.predictor import Predictor
 from decoder.sliding import blend_windows, window_weight
-from decoder.inference import TileMaps
 from featurestore.errors import ManifestMismatchError
 
 CELLGAP = str(Path(sys.executable).with_name("cellgap"))

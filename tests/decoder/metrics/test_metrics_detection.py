@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-import metrics_oracle as oracle
+from tests.decoder.metrics import metrics_oracle as oracle
 import numpy as np
 import pytest
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-import metrics_oracle as oracle
+from tests.decoder.metrics import metrics_oracle as oracle
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
