@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from decoder.augment import random_views, view_ddm
+from decoder.networks import channels_last
 from decoder.targets_cache import TargetCache
 from featurestore.store.reader import FeatureStore
 from featurestore.views import ALL_VIEWS, apply_view
@@ -113,8 +114,8 @@ class StoreBatches:
             tensor = move(values).float()
             if scales is not None:
                 tensor = tensor * move(scales).float()[:, :, None, None]
-            features.append(tensor)
-        image = move(host.images).permute(0, 3, 1, 2).float().div_(255.0)
+            features.append(channels_last(tensor))
+        image = move(host.images).permute(0, 3, 1, 2).float().div_(255.0)  # NHWC storage: already channels-last
         sm1 = ddm = classes = weight = None
         if host.sm1 is not None:
             sm1, ddm, classes = move(host.sm1).long(), move(host.ddm).float(), move(host.classes).long()
@@ -135,8 +136,8 @@ class StoreBatches:
         sm1, classes, weight = per_sample(sm1, spatial), per_sample(classes, spatial), per_sample(weight, spatial)
         ddm = per_sample(ddm, lambda t, v: view_ddm(t, v).contiguous())
         if self.augment == "d4":
-            features = [per_sample(f, spatial) for f in features]
-        return image, sm1, ddm, classes, weight, features
+            features = [channels_last(per_sample(f, spatial)) for f in features]
+        return channels_last(image), sm1, ddm, classes, weight, features
 
     def epoch(self, epoch: int = 0) -> Iterator[DeviceBatch]:
         """Batches of one epoch, read `prefetch` batches ahead in background threads."""

@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from decoder.errors import CheckpointError
-from decoder.networks import CellDecoder, NetworkSpec
+from decoder.networks import CellDecoder, NetworkSpec, on_device
 from decoder.postprocess import PostprocessConfig
 from featurestore.store.manifest import Manifest
 
@@ -66,5 +66,5 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError, TypeError) as error:
         raise CheckpointError(f"{path}: not a usable cellgap checkpoint ({type(error).__name__}: "
                               f"{str(error).splitlines()[0][:160] if str(error) else ''})") from None
-    return Checkpoint(model.to(device).eval(), spec, manifest, postprocess, tuple(content["class_names"]),
+    return Checkpoint(on_device(model, device).eval(), spec, manifest, postprocess, tuple(content["class_names"]),
                       content.get("info", {}))

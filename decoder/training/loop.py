@@ -21,7 +21,7 @@ from decoder.errors import TrainingError
 from decoder.inference import postprocess_preset
 from decoder.loader import StoreBatches
 from decoder.losses import CiscaLoss
-from decoder.networks import CellDecoder, DecoderConfig, count_parameters, flops_per_tile, network_spec
+from decoder.networks import CellDecoder, DecoderConfig, count_parameters, flops_per_tile, network_spec, on_device
 from decoder.targets_cache import TargetCache, target_config_for
 from decoder.training.checkpoint import load_checkpoint, save_checkpoint
 from decoder.training.config import TrainConfig
@@ -108,7 +108,7 @@ def train(config: TrainConfig) -> TrainResult:
         torch.manual_seed(config.seed)
         spec = network_spec(store.layers, store.manifest.encoder.family, store.manifest.dataset.tile_size,
                             len(class_names), DecoderConfig.sized(config.decoder))
-        model = CellDecoder(spec).to(device)
+        model = on_device(CellDecoder(spec), device)
     layer_names = [plan.name for plan in spec.layers]
     targets = TargetCache(store, target_config_for(store))
     targets.ensure(np.concatenate([train_idx, valid_idx]), progress=config.progress)
