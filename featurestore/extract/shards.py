@@ -113,10 +113,10 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
             item = finished.get()
             if item is _STOP:
                 return
-            data = _assemble(*item)  # concatenating a shard is a copy: keep it off the encoder's thread
+            data = _assemble(*item)
             writer.write_shard(data)
             with count_lock:
-                written[0] += len(data.images)
+                written[0] += data.n_tiles
 
     reader = _Worker(read, "cellgap-reader")
     writer_threads_ = [_Worker(write, f"cellgap-writer-{i}") for i in range(n_writers)]
@@ -218,16 +218,12 @@ def _drain(q: queue.Queue) -> None:
 
 
 def _assemble(shard: int, parts: dict) -> ShardData:
-    def join(values: list) -> np.ndarray | None:
-        return None if any(v is None for v in values) else np.concatenate(values)
+    """A shard's data as the batches it was encoded in (no concatenation: the writer writes parts in order)."""
+    def labels(values: list) -> list[np.ndarray] | None:
+        return None if any(v is None for v in values) else values
 
-    instances, classes = join(parts["instances"]), join(parts["classes"])
+    instances, classes = labels(parts["instances"]), labels(parts["classes"])
     if instances is not None and classes is None:  # untyped labels: every cell is class 1
-        classes = (instances > 0).astype(np.uint8)
-    return ShardData(
-        shard=shard,
-        images=np.concatenate(parts["images"]),
-        instances=instances,
-        classes=classes,
-        features={key: np.concatenate(values) for key, values in parts["features"].items()},
-    )
+        classes = [(part > 0).astype(np.uint8) for part in instances]
+    return ShardData(shard=shard, images=parts["images"], instances=instances, classes=classes,
+                     features=parts["features"])

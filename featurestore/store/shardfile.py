@@ -43,49 +43,45 @@ class ShardLayout:
         return int(np.prod(self.tile_shape)) * np.dtype(self.dtype).itemsize
 
 
-def write_shard_file(path: Path, layout: ShardLayout, tiles: np.ndarray) -> None:
-    """Write one shard (tiles of shape (n, *tile_shape), n <= shard_tiles) atomically and durably."""
-    if tiles.shape[1:] != layout.tile_shape or len(tiles) > layout.shard_tiles:
-        raise StoreError(f"{path}: shard data {tiles.shape} does not fit tiles of {layout.tile_shape}")
-    if tiles.dtype != layout.dtype or not tiles.flags.c_contiguous:
-        tiles = np.ascontiguousarray(tiles, dtype=layout.dtype)  # the store's dtypes are little-endian or bytes
+def write_shard_file(path: Path, layout: ShardLayout, tiles: np.ndarray | list[np.ndarray]) -> None:
+    """Write one shard atomically and durably from its tiles, (n, *tile_shape) with n <= shard_tiles, given as
+    one array or as consecutive parts (batches), which are written as they are instead of being concatenated."""
+    parts = [tiles] if isinstance(tiles, np.ndarray) else list(tiles)
+    count = sum(len(part) for part in parts)
+    if count > layout.shard_tiles or any(part.shape[1:] != layout.tile_shape for part in parts):
+        raise StoreError(f"{path}: shard data {[part.shape for part in parts]} does not fit tiles of {layout.tile_shape}")
+    parts = [part if part.dtype == layout.dtype and part.flags.c_contiguous
+             else np.ascontiguousarray(part, dtype=layout.dtype) for part in parts]  # little-endian or bytes
     index = np.full((layout.shard_tiles, 2), EMPTY, dtype="<u8")
     if layout.zstd_level is None:
-        chunks = [memoryview(tiles).cast("B")]
-        index[: len(tiles), 0] = np.arange(len(tiles), dtype=np.uint64) * layout.tile_bytes
-        index[: len(tiles), 1] = layout.tile_bytes
+        chunks = [memoryview(part).cast("B") for part in parts if len(part)]
+        index[:count, 0] = np.arange(count, dtype=np.uint64) * layout.tile_bytes
+        index[:count, 1] = layout.tile_bytes
     else:
         codec = Zstd(level=layout.zstd_level)
-        chunks = [codec.encode(tile) for tile in tiles]
+        chunks = [codec.encode(tile) for part in parts for tile in part]
         sizes = np.array([len(c) for c in chunks], dtype=np.uint64)
-        index[: len(tiles), 1] = sizes
-        index[: len(tiles), 0] = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
+        index[:count, 1] = sizes
+        index[:count, 0] = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
     index_bytes = index.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        with open(temporary, "wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-            handle.write(index_bytes)
-            handle.write(struct.pack("<I", google_crc32c.value(index_bytes)))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    write_durably(path, [*chunks, index_bytes, struct.pack("<I", google_crc32c.value(index_bytes))])
 
 
 def write_chunk_file(path: Path, chunk_shape: tuple[int, ...], dtype: np.dtype, values: np.ndarray) -> None:
     """Write one uncompressed regular chunk (raw little-endian bytes, padded to the full chunk) atomically."""
     full = np.zeros(chunk_shape, dtype)
     full[tuple(slice(0, n) for n in values.shape)] = values
+    write_durably(path, [memoryview(full).cast("B")])
+
+
+def write_durably(path: Path, parts: list) -> None:
+    """Write bytes-like parts to a temporary file, fsync it, and rename it into place (all or nothing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
     try:
         with open(temporary, "wb") as handle:
-            handle.write(memoryview(full).cast("B"))
+            for part in parts:
+                handle.write(part)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)

@@ -31,17 +31,23 @@ CREATING = "cellgap_creating"
 
 @dataclass
 class ShardData:
-    """Everything one shard's tiles contribute to the store; features are float32 (n,C,h,w) per (view, layer)."""
+    """Everything one shard's tiles contribute to the store, as consecutive parts (the batches they were
+    encoded in): images (n,H,W,3), labels (n,H,W), float features (n,C,h,w) per (view, layer)."""
 
     shard: int
-    images: np.ndarray
-    instances: np.ndarray | None
-    classes: np.ndarray | None
-    features: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    images: list[np.ndarray]
+    instances: list[np.ndarray] | None
+    classes: list[np.ndarray] | None
+    features: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def n_tiles(self) -> int:
+        return sum(len(part) for part in self.images)
 
     @property
     def pixel_sha256(self) -> np.ndarray:
-        return np.stack([np.frombuffer(hashlib.sha256(image.tobytes()).digest(), np.uint8) for image in self.images])
+        return np.stack([np.frombuffer(hashlib.sha256(image.tobytes()).digest(), np.uint8)
+                         for part in self.images for image in part])
 
 
 def pixel_fingerprint(hashes: np.ndarray) -> str:
@@ -79,9 +85,9 @@ class StoreWriter:
 
     def write_shard(self, data: ShardData) -> None:
         tiles = layout.shard_range(data.shard, self.n_tiles, self.shard_tiles)
-        if len(data.images) != len(tiles):
-            raise StoreError(f"shard {data.shard}: {len(data.images)} tiles given, {len(tiles)} expected")
-        values: dict[str, np.ndarray] = {layout.IMAGE: data.images, layout.PIXEL_SHA256: data.pixel_sha256}
+        if data.n_tiles != len(tiles):
+            raise StoreError(f"shard {data.shard}: {data.n_tiles} tiles given, {len(tiles)} expected")
+        values: dict[str, list[np.ndarray]] = {layout.IMAGE: data.images, layout.PIXEL_SHA256: [data.pixel_sha256]}
         if self.manifest.dataset.has_labels:
             if data.instances is None or data.classes is None:
                 raise StoreError(f"shard {data.shard}: labels missing for a labelled data set")
@@ -89,23 +95,24 @@ class StoreWriter:
             values[layout.CLASSES] = data.classes
         for view in self.manifest.storage.views:
             for layer in self.manifest.encoder.layers:
-                stored, scale = encode_features(data.features[(view, layer.name)], self.manifest.storage.dtype)
-                values[layout.feature_path(layer.name, view)] = stored
-                if scale is not None:
-                    values[layout.scale_path(layer.name, view)] = scale
-        for path, shard_values in values.items():
-            self._write(path, data.shard, shard_values)
+                encoded = [encode_features(part, self.manifest.storage.dtype) for part in data.features[(view, layer.name)]]
+                values[layout.feature_path(layer.name, view)] = [stored for stored, _ in encoded]
+                if self.manifest.storage.dtype == "int8":
+                    values[layout.scale_path(layer.name, view)] = [scale for _, scale in encoded]
+        for path, parts in values.items():
+            self._write(path, data.shard, parts)
         self._sync(list(values), data.shard)
-        self._write(layout.DONE, data.shard, np.ones(len(tiles), np.uint8))
+        self._write(layout.DONE, data.shard, [np.ones(len(tiles), np.uint8)])
         self._sync([layout.DONE], data.shard)
 
-    def _write(self, path: str, shard: int, values: np.ndarray) -> None:
+    def _write(self, path: str, shard: int, parts: list[np.ndarray]) -> None:
         """One array's part of a shard: our direct shard or chunk file where the layout allows, else zarr-python."""
         array = self.group[path]
         shard_layout = self._layouts.get(path)
         if self._root is not None and shard_layout is not None:
-            write_shard_file(shard_file(self._root, array, shard), shard_layout, values)
+            write_shard_file(shard_file(self._root, array, shard), shard_layout, parts)  # parts written in order
             return
+        values = parts[0] if len(parts) == 1 else np.concatenate(parts)
         if self._root is not None and path in self._raw_chunked:
             write_chunk_file(shard_file(self._root, array, shard), tuple(array.chunks), np.dtype(array.dtype), values)
             return
