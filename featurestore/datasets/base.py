@@ -5,7 +5,7 @@ parallel workers, and picklable (it holds paths, not open files) so that it can 
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -93,9 +93,3 @@ class LabelSource(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> LabelledImage: ...
-
-
-def iter_tiles(dataset: TileDataset, indices: Sequence[int] | None = None) -> Iterator[Tile]:
-    """Tiles in index order (all of them when `indices` is None)."""
-    for index in range(len(dataset)) if indices is None else indices:
-        yield dataset[index]

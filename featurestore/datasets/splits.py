@@ -27,7 +27,7 @@ def stratified_group_split(
     """
     if len(groups) != len(strata):
         raise ValueError("groups and strata must have the same length")
-    train_fraction, valid_fraction, test_fraction = fractions
+    _, valid_fraction, test_fraction = fractions
     if min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
     group_stratum: dict[str, str] = {}

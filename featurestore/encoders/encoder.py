@@ -234,10 +234,6 @@ class FrozenEncoder:
             maps = self.model.forward_intermediates(x, indices=self.indices, intermediates_only=True)
         return [m.float() for m in maps]
 
-    @property
-    def n_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
-
 
 def pick_device(requested: str = "auto") -> torch.device:
     """cuda when asked or available under `auto`; asking for cuda without one is an error, not a fallback."""

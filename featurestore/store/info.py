@@ -4,8 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from featurestore.store import layout
 from featurestore.store.reader import FeatureStore
 
@@ -78,7 +76,3 @@ def format_info(info: dict[str, Any]) -> str:
         size = f"{a['bytes'] / 2**20:9.2f} MiB" if a["bytes"] is not None else "        ?"
         lines.append(f"  {a['path']:<28} {str(tuple(a['shape'])):<24} {a['dtype']:<8} {size}")
     return "\n".join(lines)
-
-
-def fraction_done(store: FeatureStore) -> float:
-    return float(np.mean(store.done)) if store.n_tiles else 1.0

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 IMAGE = "tiles/image"
 INSTANCES = "tiles/instances"
 CLASSES = "tiles/classes"
@@ -25,8 +23,6 @@ VIEWS = "views"
 SPLIT_CODES: dict[str, int] = {"": 0, "train": 1, "valid": 2, "test": 3}
 SPLIT_NAMES: dict[int, str] = {code: name for name, code in SPLIT_CODES.items()}
 
-FEATURE_DTYPES: tuple[str, ...] = ("float16", "float32", "int8")
-CODECS: tuple[str, ...] = ("none", "zstd", "blosc-lz4")
 
 
 def feature_path(layer: str, view: str = "identity") -> str:
@@ -57,10 +53,6 @@ def shard_count(n_tiles: int, shard_tiles: int) -> int:
 def shard_range(shard: int, n_tiles: int, shard_tiles: int) -> range:
     """Tile indices of one shard (the last one may be short)."""
     return range(shard * shard_tiles, min(n_tiles, (shard + 1) * shard_tiles))
-
-
-def shards_of(indices: np.ndarray, shard_tiles: int) -> np.ndarray:
-    return np.unique(np.asarray(indices) // shard_tiles)
 
 
 def tile_arrays(n_tiles: int, tile_size: int, with_labels: bool) -> list[ArraySpec]:

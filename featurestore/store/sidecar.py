@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import zarr
 
 from featurestore.errors import StoreError
 from featurestore.store import layout
@@ -94,9 +93,3 @@ def open_sidecar(location: str, name: str, params: Mapping[str, Any], arrays: Ma
     except (PermissionError, OSError) as error:
         raise StoreError(f"{location}: cannot write derived arrays into the store ({error}); copy the store to a "
                          "writable place") from None
-
-
-def list_sidecars(group: zarr.Group) -> list[str]:
-    if DERIVED not in group:
-        return []
-    return sorted(f"{DERIVED}/{name}" for name, _ in group[DERIVED].groups())

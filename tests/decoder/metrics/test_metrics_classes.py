@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-from tests.decoder.metrics import metrics_oracle as oracle
 import numpy as np
 import pytest
 
@@ -13,6 +12,7 @@ from decoder.metrics.conic import r2_score
 from decoder.metrics.overlaps import overlap_table, relabel_values
 from decoder.metrics.pannuke import pannuke_summary
 from decoder.metrics.runs import compress
+from tests.decoder.metrics import metrics_oracle as oracle
 
 PERFECT = 1 / (1 + 1e-6)  # SQ (and PQ) of a perfect match with the 1e-6 epsilon
 PERFECT_PLUS = (1 / (1 + 1e-6)) ** 2  # CoNIC: DQ and SQ both carry it

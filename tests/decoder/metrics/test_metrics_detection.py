@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-from tests.decoder.metrics import metrics_oracle as oracle
 import numpy as np
 import pytest
 
@@ -11,6 +10,7 @@ from decoder.metrics import EvaluationAccumulator, image_stats
 from decoder.metrics.detection import DetectionCounts, centroids, detection_counts, detection_scores
 from decoder.metrics.overlaps import relabel_values
 from decoder.metrics.runs import compress
+from tests.decoder.metrics import metrics_oracle as oracle
 
 
 def squares(size: int, centres: list[tuple[int, int]], ids: list[int] | None = None) -> np.ndarray:

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import math
 
-from tests.decoder.metrics import metrics_oracle as oracle
 import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
 from decoder.metrics import image_stats
 from decoder.metrics.matching import assign_max_weight, best_pair_per_gt, match_by_iou
+from tests.decoder.metrics import metrics_oracle as oracle
 
 
 def row(*values: int) -> np.ndarray:

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import math
 
-from tests.decoder.metrics import metrics_oracle as oracle
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from decoder.metrics import image_stats
+from tests.decoder.metrics import metrics_oracle as oracle
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
