@@ -122,9 +122,8 @@ def train(config: TrainConfig) -> TrainResult:
     optimiser, scheduler = _optimiser(config, model, len(train_batches))
     post = postprocess_preset(store.manifest.dataset.format, store.manifest.dataset.magnification, config.postprocess)
     metric = config.best_metric if config.best_metric != "auto" else ("mpq_plus" if spec.n_classes > 0 else "pq")
-    feature_shapes = [(p.channels,) + (store.layers[[l.name for l in store.layers].index(p.name)].height,
-                                       store.layers[[l.name for l in store.layers].index(p.name)].width)
-                      for p in spec.layers]
+    by_name = {layer.name: layer for layer in store.layers}
+    feature_shapes = [(plan.channels, by_name[plan.name].height, by_name[plan.name].width) for plan in spec.layers]
     parameters, gflops = count_parameters(model), flops_per_tile(model, feature_shapes) / 1e9
     progress = {"epoch": 0, "best": None, "best_epoch": None, "stale": 0, "epoch_seconds": []}
     out = config.out
