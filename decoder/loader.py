@@ -36,7 +36,8 @@ class HostBatch:
 
 @dataclass
 class DeviceBatch:
-    """features: (B,C,h,w) float per layer in network order; image (B,3,T,T) in [0,1]; targets or None."""
+    """features: (B,C,h,w) float per layer in network order; image (B,3,T,T) in [0,1]; targets or None;
+    stored_images: the (B,T,T,3) uint8 tiles as read, before any augmentation (for outputs)."""
 
     indices: np.ndarray
     features: list[torch.Tensor]
@@ -45,6 +46,7 @@ class DeviceBatch:
     ddm: torch.Tensor | None
     classes: torch.Tensor | None
     weight: torch.Tensor | None
+    stored_images: np.ndarray
 
 
 class StoreBatches:
@@ -124,7 +126,7 @@ class StoreBatches:
         if self.augment in ("d4", "views") and any(v != "identity" for v in host.views):
             image, sm1, ddm, classes, weight, features = self._apply_views(host.views, image, sm1, ddm, classes, weight,
                                                                           features)
-        return DeviceBatch(host.indices, features, image, sm1, ddm, classes, weight)
+        return DeviceBatch(host.indices, features, image, sm1, ddm, classes, weight, host.images)
 
     def _apply_views(self, views, image, sm1, ddm, classes, weight, features):
         """Transform each sample by its view; stored-view features are already in that view's frame."""

@@ -41,8 +41,8 @@ def predict_store(run_dir: Path, store_path: str, split: str | None, out: Path, 
     cells = 0
     with progress_bar(len(indices), "predict", unit="tile", enabled=progress) as bar:
         for batch in batches.epoch(0):
-            images = store.read_images(batch.indices)
-            for maps, index, image in zip(predictor.maps_from_features(batch.features, batch.image), batch.indices, images):
+            maps_of_batch = predictor.maps_from_features(batch.features, batch.image)
+            for maps, index, image in zip(maps_of_batch, batch.indices, batch.stored_images):
                 found = instances_of(maps, predictor.checkpoint.postprocess)
                 write_prediction(out, store.names[int(index)], image, found, predictor.class_names)
                 cells += len(found)

@@ -32,7 +32,10 @@ def blend_windows(image: np.ndarray, tile: int, predict_windows: Callable[[np.nd
     for start in range(0, len(origins), batch_size):
         chunk = origins[start : start + batch_size]
         windows = np.stack([image[r : r + tile, c : c + tile] for r, c in chunk])
-        for (row, col), maps in zip(chunk, predict_windows(windows)):
+        predicted = predict_windows(windows)
+        if len(predicted) != len(chunk):
+            raise ValueError(f"{len(chunk)} windows gave {len(predicted)} maps")
+        for (row, col), maps in zip(chunk, predicted):
             region = (slice(row, row + tile), slice(col, col + tile))
             for name in ("sm1", "ddm", "classes"):
                 values = getattr(maps, name)
