@@ -137,3 +137,38 @@ def test_bad_inputs_are_one_line_errors(tmp_path, trained_run):
         Predictor.from_run(trained_run).predict_image(np.zeros((10, 10), np.uint8))
     with pytest.raises(CheckpointError, match="no model.safetensors"):
         Predictor.from_run(tmp_path)
+
+
+def test_cells_cut_by_window_borders_are_found_once():
+    """Windows whose maps describe cells cut at their borders (as a real model sees them) blend into maps
+    that post-process to the same cells as maps of the whole image: nothing doubled along window seams."""
+    from decoder.inference import instances_of, postprocess_preset
+    from decoder.targets import TargetConfig, compute_targets, one_hot
+    from featurestore.datasets.synthetic import make_image
+    from featurestore.datasets.tiling import tile_origins
+
+    field = make_image(21, 600, 700)
+    config = TargetConfig(magnification=20)
+
+    def ideal_maps(instances, classes):
+        targets = compute_targets(instances, classes, config)
+        return TileMaps(one_hot(targets.sm1, 3), targets.ddm, one_hot(targets.classes, 4))
+
+    origins = iter(tile_origins(600, 700, 256, stride=128))  # the order blend_windows asks for them
+
+    def windows_of(batch):
+        return [ideal_maps(field.instances[r:r + 256, c:c + 256], field.classes[r:r + 256, c:c + 256])
+                for _, (r, c) in zip(batch, origins)]
+
+    post = postprocess_preset("synthetic", 20)
+    windowed = instances_of(blend_windows(field.image, 256, windows_of, batch_size=4), post)
+    whole = instances_of(ideal_maps(field.instances, field.classes), post)
+    assert len(windowed) == len(whole) > 200
+    matched = set()
+    for label in range(1, len(windowed) + 1):
+        mask = windowed.labels == label
+        ids, overlap = np.unique(whole.labels[mask], return_counts=True)
+        best = ids[np.argmax(overlap)]
+        union = mask.sum() + (whole.labels == best).sum() - overlap.max()
+        assert best != 0 and overlap.max() / union > 0.5 and best not in matched
+        matched.add(best)
