@@ -5,17 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from featurestore.clitools import positive_int
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+from featurestore.clitools import positive_float, positive_int
 
 
 def _iou_threshold(text: str) -> float:
@@ -38,7 +28,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     evaluate.add_argument("--gt", required=True, metavar="FORMAT:PATH", help="ground truth")
     evaluate.add_argument("--pred", required=True, metavar="FORMAT:PATH", help="prediction")
     reach = evaluate.add_mutually_exclusive_group()
-    reach.add_argument("--radius", type=_positive_float, metavar="PX",
+    reach.add_argument("--radius", type=positive_float, metavar="PX",
                        help="centroid pairing radius in pixels (default 12, HoVer-Net at 40x)")
     reach.add_argument("--magnification", type=int, choices=(40, 20),
                        help="set the radius from the magnification: 12 px at 40x, 6 px at 20x")
