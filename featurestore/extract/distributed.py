@@ -24,6 +24,9 @@ def _worker_encoder(config: ExtractConfig):
     worker = get_worker()
     cache = getattr(worker, "_cellgap_encoders", None)
     if cache is None:
+        from featurestore.allocator import keep_freed_memory
+
+        keep_freed_memory()  # a worker process is started by dask, not by the cellgap command that sets this
         cache = {}
         setattr(worker, "_cellgap_encoders", cache)
     key = config.encoder.model_dump_json() + config.device

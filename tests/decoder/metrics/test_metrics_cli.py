@@ -19,7 +19,7 @@ from featurestore.clitools import OneLineParser
 def metrics_parser() -> OneLineParser:
     """The gatherer's parser layout with only the metrics commands registered."""
     parser = OneLineParser(prog="cellgap")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    cellgap_cli.add_global_options(parser)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     bench = commands.add_parser("bench").add_subparsers(dest="bench", required=True, parser_class=OneLineParser)
     metrics_cli.register(commands, bench)
