@@ -20,7 +20,8 @@ from featurestore.datasets.base import TileDataset
 from featurestore.encoders.encoder import FrozenEncoder
 from featurestore.errors import DatasetError
 from featurestore.store import layout
-from featurestore.store.writer import ShardData, StoreWriter
+from featurestore.store.quantize import quantize_int8_into
+from featurestore.store.writer import FeatureShard, ShardData, StoreWriter
 from featurestore.views import apply_view
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,10 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
         current["instances"].append(batch.instances)
         current["classes"].append(batch.classes)
         for key, values in host.items():
-            current["features"].setdefault(key, []).append(values.numpy())
+            if isinstance(values, FeatureShard):
+                current["features"][key] = values
+            else:
+                current["features"].setdefault(key, []).append(values.numpy())
         if on_tiles is not None:
             on_tiles(len(batch.images))
         if batch.last:
@@ -145,20 +149,31 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
             state["current"] = None
 
     pending = None  # on a GPU, a batch's copy to host overlaps the next batch's forward pass
+    buffers: dict[tuple[str, str], FeatureShard | None] = {}  # on a CPU, the encoder writes into the shard's file memory
+    offset = 0
     try:
         while True:
             batch = loaded.get()
             if batch is _STOP:
                 break
+            if batch.first:
+                offset = 0
+                buffers = {} if cuda else {(view, layer.name): writer.feature_buffer(batch.shard, view, layer.name)
+                                           for view in storage.views for layer in encoder.description.layers}
             tiles = torch.from_numpy(batch.images)
             if cuda:
                 tiles = tiles.pin_memory()
-            host = {}
+            host: dict[tuple[str, str], torch.Tensor | FeatureShard] = {}
             for view in storage.views:
                 maps = encoder(apply_view(tiles, view, axes=(1, 2)))
                 for layer, values in zip(encoder.description.layers, maps):
-                    values = values.clamp(-_F16_MAX, _F16_MAX).half() if half else values
-                    host[(view, layer.name)] = _to_host(values, cuda)
+                    key = (view, layer.name)
+                    if buffers.get(key) is not None:
+                        host[key] = _store_into(buffers[key], offset, values, storage.dtype)
+                    else:
+                        values = values.clamp(-_F16_MAX, _F16_MAX).half() if half else values
+                        host[key] = _to_host(values, cuda)
+            offset += len(batch.images)
             event = None
             if cuda:
                 event = torch.cuda.Event()
@@ -186,6 +201,19 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
         if thread.error is not None:
             raise thread.error
     return written[0]
+
+
+def _store_into(target: FeatureShard, offset: int, values: torch.Tensor, dtype: str) -> FeatureShard:
+    """Convert a batch's features straight into its rows of the shard's file memory (no copy later)."""
+    rows = slice(offset, offset + len(values))
+    stored = torch.from_numpy(target.values.tiles[rows])
+    if dtype == "int8":
+        quantize_int8_into(values, stored, torch.from_numpy(target.scales.tiles[rows]))
+        return target
+    stored.copy_(values)
+    if dtype == "float16":
+        stored.clamp_(-_F16_MAX, _F16_MAX)  # beyond float16's range: its largest finite value, not inf
+    return target
 
 
 def _to_host(values: torch.Tensor, cuda: bool) -> torch.Tensor:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 INT8_LEVELS = 127
 
@@ -12,6 +13,17 @@ def quantize_int8(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = np.where(peak > 0, peak / INT8_LEVELS, np.float32(1.0)).astype(np.float32)
     codes = np.rint(features / scale[:, :, None, None]).clip(-INT8_LEVELS, INT8_LEVELS).astype(np.int8)
     return codes, scale
+
+
+def quantize_int8_into(values: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> None:
+    """`quantize_int8` in torch, bit for bit, written into `codes` (n,C,h,w) int8 and `scales` (n,C) float32:
+    it runs where the encoder ran (its threads or its GPU) instead of in a writer thread."""
+    values = values.float()
+    peak = values.abs().amax(dim=(2, 3))
+    scale = torch.where(peak > 0, peak / INT8_LEVELS, torch.ones_like(peak))
+    quotient = values / scale[:, :, None, None]
+    codes.copy_(quotient.round_().clamp_(-INT8_LEVELS, INT8_LEVELS))  # integral floats: the cast is exact
+    scales.copy_(scale)
 
 
 def dequantize_int8(codes: np.ndarray, scale: np.ndarray, dtype: str = "float32") -> np.ndarray:

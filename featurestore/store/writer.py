@@ -23,22 +23,40 @@ from featurestore.store.arrays import create_array, fsync_paths, is_raw_chunked,
 from featurestore.store.location import open_group
 from featurestore.store.manifest import ATTRIBUTE, Manifest, check_compatible, parse_manifest
 from featurestore.store.quantize import encode_features
-from featurestore.store.shardfile import ShardLayout, fsync_folder, write_chunk_file, write_shard_file
+from featurestore.store.shardfile import (
+    ShardBuffer,
+    ShardBufferPool,
+    ShardLayout,
+    fill_buffer,
+    fsync_folder,
+    write_chunk_file,
+    write_shard_file,
+)
 
 log = logging.getLogger(__name__)
 CREATING = "cellgap_creating"
 
 
 @dataclass
+class FeatureShard:
+    """One layer's stored values for a whole shard in file memory, filled by the encoder: features in the
+    stored dtype, and int8 scales beside them when the store quantises."""
+
+    values: ShardBuffer
+    scales: ShardBuffer | None
+
+
+@dataclass
 class ShardData:
     """Everything one shard's tiles contribute to the store, as consecutive parts (the batches they were
-    encoded in): images (n,H,W,3), labels (n,H,W), float features (n,C,h,w) per (view, layer)."""
+    encoded in): images (n,H,W,3), labels (n,H,W), features (n,C,h,w) per (view, layer), either float
+    parts or a `FeatureShard` already holding the stored values (see `StoreWriter.feature_buffer`)."""
 
     shard: int
     images: list[np.ndarray]
     instances: list[np.ndarray] | None
     classes: list[np.ndarray] | None
-    features: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
+    features: dict[tuple[str, str], list[np.ndarray] | FeatureShard] = field(default_factory=dict)
 
     @property
     def n_tiles(self) -> int:
@@ -68,6 +86,13 @@ class StoreWriter:
             if found is not None:
                 self._layouts[path] = found
         self._raw_chunked = {p for p in (layout.DONE, layout.PIXEL_SHA256) if p in group and is_raw_chunked(group[p])}
+        self._buffers = ShardBufferPool()
+        self._arrays: dict[str, zarr.Array] = {}  # each lookup reads metadata through zarr's event loop thread
+
+    def _array(self, path: str) -> zarr.Array:
+        if path not in self._arrays:
+            self._arrays[path] = self.group[path]
+        return self._arrays[path]
 
     @property
     def n_shards(self) -> int:
@@ -83,11 +108,23 @@ class StoreWriter:
                 if not done[layout.shard_range(s, self.n_tiles, self.shard_tiles).start:
                             layout.shard_range(s, self.n_tiles, self.shard_tiles).stop].all()]
 
+    def feature_buffer(self, shard: int, view: str, layer: str) -> FeatureShard | None:
+        """Memory for one layer's stored values of a shard, which the encoder fills and the writer writes as it is,
+        where the store's own raw shard layout on a local disk allows it (else None: hand over float parts)."""
+        values = self._layouts.get(layout.feature_path(layer, view))
+        scales = self._layouts.get(layout.scale_path(layer, view))
+        int8 = self.manifest.storage.dtype == "int8"
+        if self._root is None or values is None or values.zstd_level is not None or (int8 and scales is None):
+            return None
+        n_tiles = len(layout.shard_range(shard, self.n_tiles, self.shard_tiles))
+        return FeatureShard(self._buffers.take(values, n_tiles), self._buffers.take(scales, n_tiles) if int8 else None)
+
     def write_shard(self, data: ShardData) -> None:
         tiles = layout.shard_range(data.shard, self.n_tiles, self.shard_tiles)
         if data.n_tiles != len(tiles):
             raise StoreError(f"shard {data.shard}: {data.n_tiles} tiles given, {len(tiles)} expected")
-        values: dict[str, list[np.ndarray]] = {layout.IMAGE: data.images, layout.PIXEL_SHA256: [data.pixel_sha256]}
+        values: dict[str, list[np.ndarray] | ShardBuffer] = {layout.IMAGE: data.images,
+                                                            layout.PIXEL_SHA256: [data.pixel_sha256]}
         if self.manifest.dataset.has_labels:
             if data.instances is None or data.classes is None:
                 raise StoreError(f"shard {data.shard}: labels missing for a labelled data set")
@@ -95,7 +132,13 @@ class StoreWriter:
             values[layout.CLASSES] = data.classes
         for view in self.manifest.storage.views:
             for layer in self.manifest.encoder.layers:
-                encoded = [encode_features(part, self.manifest.storage.dtype) for part in data.features[(view, layer.name)]]
+                given = data.features[(view, layer.name)]
+                if isinstance(given, FeatureShard):
+                    values[layout.feature_path(layer.name, view)] = given.values
+                    if given.scales is not None:
+                        values[layout.scale_path(layer.name, view)] = given.scales
+                    continue
+                encoded = [encode_features(part, self.manifest.storage.dtype) for part in given]
                 values[layout.feature_path(layer.name, view)] = [stored for stored, _ in encoded]
                 if self.manifest.storage.dtype == "int8":
                     values[layout.scale_path(layer.name, view)] = [scale for _, scale in encoded]
@@ -104,14 +147,25 @@ class StoreWriter:
         self._sync(list(values), data.shard)
         self._write(layout.DONE, data.shard, [np.ones(len(tiles), np.uint8)])
         self._sync([layout.DONE], data.shard)
+        for written in values.values():
+            if isinstance(written, ShardBuffer):
+                self._buffers.give(written)  # its file is durable; the memory serves a later shard
 
-    def _write(self, path: str, shard: int, parts: list[np.ndarray]) -> None:
+    def _write(self, path: str, shard: int, parts: list[np.ndarray] | ShardBuffer) -> None:
         """One array's part of a shard: our direct shard or chunk file where the layout allows, else zarr-python."""
-        array = self.group[path]
+        array = self._array(path)
         shard_layout = self._layouts.get(path)
         if self._root is not None and shard_layout is not None:
-            write_shard_file(shard_file(self._root, array, shard), shard_layout, parts)  # parts written in order
+            target = shard_file(self._root, array, shard)
+            if isinstance(parts, ShardBuffer) or shard_layout.zstd_level is not None:
+                write_shard_file(target, shard_layout, parts)  # compressed parts are written in order
+                return
+            buffer = fill_buffer(self._buffers.take(shard_layout, sum(len(part) for part in parts)), parts)
+            write_shard_file(target, shard_layout, buffer)
+            self._buffers.give(buffer)
             return
+        if isinstance(parts, ShardBuffer):
+            parts = [parts.tiles]
         values = parts[0] if len(parts) == 1 else np.concatenate(parts)
         if self._root is not None and path in self._raw_chunked:
             write_chunk_file(shard_file(self._root, array, shard), tuple(array.chunks), np.dtype(array.dtype), values)
@@ -123,7 +177,7 @@ class StoreWriter:
         """Make a shard's files and the folders they were renamed into durable (local stores only)."""
         if self._root is None:
             return  # object stores make each write durable and atomic on their own
-        files = [shard_file(self._root, self.group[p], shard) for p in paths]
+        files = [shard_file(self._root, self._array(p), shard) for p in paths]
         direct = set(self._layouts) | self._raw_chunked  # direct writes fsync their files themselves
         fsync_paths([f for p, f in zip(paths, files) if p not in direct])
         for folder in {f.parent for f in files if f.exists()}:

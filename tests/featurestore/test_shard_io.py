@@ -1,0 +1,144 @@
+"""Shard files written from page-aligned memory (O_DIRECT where allowed), the buffer pool, int8 in torch,
+and the allocator setting: each against an independent reference (zarr-python, numpy, the plain path)."""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from featurestore.allocator import keep_freed_memory
+from featurestore.store import open_store, shardfile
+from featurestore.store.arrays import create_array, shard_file, shard_layout
+from featurestore.store.layout import ArraySpec
+from featurestore.store.quantize import quantize_int8, quantize_int8_into
+from featurestore.store.shardfile import ShardBuffer, ShardBufferPool, fill_buffer, write_shard_file
+from featurestore.store.writer import StoreWriter
+from tests.featurestore.test_store import extract
+
+# 3*5*7 float16 = 210 bytes per tile: no multiple of the 4096-byte direct-I/O block, so padding is exercised
+TILE = (3, 5, 7)
+
+
+def _array(folder: Path, n_tiles: int = 7, shard_tiles: int = 4) -> zarr.Array:
+    group = zarr.open_group(str(folder / "s.zarr"), mode="w")
+    return create_array(group, ArraySpec("a", (n_tiles, *TILE), "float16", True, "none"), shard_tiles)
+
+
+def _values(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, *TILE)).astype(np.float16)
+
+
+@pytest.mark.parametrize("shard,n", [(0, 4), (1, 3)])  # a full shard and the short last one
+def test_buffer_written_shard_reads_back_in_zarr_python(tmp_path, shard, n):
+    array = _array(tmp_path)
+    layout = shard_layout(array)
+    buffer = fill_buffer(ShardBuffer(layout, n), [_values(2, shard), _values(n - 2, shard + 7)])
+    path = shard_file(tmp_path / "s.zarr", array, shard)
+    write_shard_file(path, layout, buffer)
+    assert path.stat().st_size == n * layout.tile_bytes + layout.shard_tiles * 16 + 4  # padding truncated away
+    expected = np.concatenate([_values(2, shard), _values(n - 2, shard + 7)])
+    reread = zarr.open_array(str(tmp_path / "s.zarr" / "a"), mode="r")
+    assert np.array_equal(np.asarray(reread[shard * 4 : shard * 4 + n]), expected)
+    assert not list(path.parent.glob("*.partial"))
+
+
+def test_buffer_and_parts_write_the_same_bytes(tmp_path):
+    array = _array(tmp_path)
+    layout = shard_layout(array)
+    parts = [_values(1), _values(3, 1)]
+    write_shard_file(tmp_path / "from-parts", layout, parts)
+    write_shard_file(tmp_path / "from-buffer", layout, fill_buffer(ShardBuffer(layout, 4), parts))
+    assert (tmp_path / "from-parts").read_bytes() == (tmp_path / "from-buffer").read_bytes()
+
+
+def test_file_system_refusing_direct_io_gets_the_same_file(tmp_path, monkeypatch):
+    """tmpfs and some network file systems answer O_DIRECT with EINVAL: the page cache path writes the same bytes."""
+    array = _array(tmp_path)
+    layout = shard_layout(array)
+    buffer = fill_buffer(ShardBuffer(layout, 4), [_values(4)])
+    write_shard_file(tmp_path / "direct", layout, buffer)
+    real_open = os.open
+    refused = []
+
+    def refuse_direct(path, flags, *args, **kwargs):
+        if flags & getattr(os, "O_DIRECT", 0):
+            refused.append(path)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(shardfile.os, "open", refuse_direct)
+    write_shard_file(tmp_path / "buffered", layout, buffer)
+    assert refused or not hasattr(os, "O_DIRECT")
+    assert (tmp_path / "buffered").read_bytes() == (tmp_path / "direct").read_bytes()
+    assert not list(tmp_path.glob("*.partial"))
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no tmpfs at /dev/shm")
+def test_store_on_tmpfs_is_written_and_read(tmp_path):
+    """A real file system without O_DIRECT, end to end through extraction."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as folder:
+        store = Path(folder) / "s.zarr"
+        extract(store, dataset="synthetic:4", shard_tiles=2, batch_size=2)
+        reference = tmp_path / "disk.zarr"
+        extract(reference, dataset="synthetic:4", shard_tiles=2, batch_size=2)
+        a, b = open_store(str(store)), open_store(str(reference))
+        for layer in a.manifest.layer_names:
+            assert np.array_equal(a.read_stored_features(np.arange(4), layer)[0],
+                                  b.read_stored_features(np.arange(4), layer)[0])
+
+
+def test_pool_reuses_memory_of_the_same_shape_only(tmp_path):
+    layout = shard_layout(_array(tmp_path))
+    pool = ShardBufferPool(keep=1)
+    first = pool.take(layout, 4)
+    pool.give(first)
+    pool.give(ShardBuffer(layout, 4))  # beyond `keep`: dropped
+    assert pool.take(layout, 4) is first
+    assert pool.take(layout, 4) is not first
+    assert pool.take(layout, 3).n_tiles == 3
+    with pytest.raises(Exception, match="1..4 tiles"):
+        ShardBuffer(layout, 5)
+
+
+def test_torch_int8_matches_numpy_bit_for_bit():
+    generator = torch.Generator().manual_seed(3)
+    values = torch.randn(3, 6, 9, 11, generator=generator) * torch.rand(3, 6, 1, 1, generator=generator) * 40
+    values[1, 2] = 0  # an all-zero channel gets scale 1
+    values = values.transpose(2, 3)  # not contiguous, as ViT token grids are
+    codes, scales = torch.empty(values.shape, dtype=torch.int8), torch.empty(3, 6)
+    quantize_int8_into(values, codes, scales)
+    expected_codes, expected_scales = quantize_int8(values.numpy())
+    assert np.array_equal(codes.numpy(), expected_codes) and np.array_equal(scales.numpy(), expected_scales)
+    assert scales[1, 2] == 1.0
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "int8"])
+def test_encoder_filled_buffers_write_the_same_store_as_float_parts(tmp_path, monkeypatch, dtype):
+    """The CPU path (features converted into file memory by the encoder's threads) against the plain path
+    (float batches converted and written by the writer thread, as on a GPU)."""
+    direct = tmp_path / "direct.zarr"
+    extract(direct, dataset="synthetic:5", shard_tiles=2, batch_size=2, dtype=dtype)
+    monkeypatch.setattr(StoreWriter, "feature_buffer", lambda self, shard, view, layer: None)
+    plain = tmp_path / "plain.zarr"
+    extract(plain, dataset="synthetic:5", shard_tiles=2, batch_size=2, dtype=dtype)
+    files = sorted(p for p in (direct / "features").rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert len(files) == (3 if dtype != "int8" else 6) * 4  # shards x (layers, and scales for int8)
+    for path in files:
+        assert path.read_bytes() == (plain / path.relative_to(direct)).read_bytes(), path
+
+
+def test_allocator_setting_applies_on_glibc():
+    import platform
+
+    applied = keep_freed_memory()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert applied is True
+    x = torch.randn(4, 64, 128, 128)  # large blocks still allocate, free and compute correctly
+    assert torch.allclose((x * 2).sum(), x.sum() * 2, rtol=1e-4)
