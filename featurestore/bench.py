@@ -5,6 +5,8 @@ All numbers of one table come from one run on the same tiles, batch size and thr
 from __future__ import annotations
 
 import os
+import shutil
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -134,24 +136,37 @@ def feature_bytes(store_path: str) -> float:
 
 
 def bench_one(name: str, sample: str, images: np.ndarray, batch_size: int, device: str, dtype: str, codec: str,
-              scratch: Path) -> ExtractBenchRow:
+              scratch: Path, rounds: int = 5) -> ExtractBenchRow:
     preset = resolve_preset(name)
     pretrained = preset.package is not None  # real weights where they ship offline; seeded random elsewhere
     settings = EncoderSettings(name=name, pretrained=pretrained)
     encoder = FrozenEncoder(settings, device=pick_device(device))
     dataset = open_dataset(sample)
-    encode_rates, extract_rates = [], []
-    for attempt in range(2):  # interleaved, best of two each: the machine is shared and noisy
-        encode_rates.append(bare_encoder_rate(encoder, images, batch_size))
+    encode_rates, extract_rates, ratios = [], [], []
+    store_path = ""
+    for attempt in range(rounds):
+        # Paired rounds in alternating order, reported as medians: the machine is shared and its speed drifts,
+        # and a pair measured back to back sees the same machine.
+        if store_path:
+            shutil.rmtree(store_path)
         store_path = str(scratch / f"{name.replace('/', '_')}-{dtype}-{codec}-{attempt}.zarr")
-        extract_rates.append(extraction_rate(dataset, encoder, store_path, batch_size, dtype, codec))
+        if attempt % 2 == 0:
+            encoded = bare_encoder_rate(encoder, images, batch_size)
+            extracted = extraction_rate(dataset, encoder, store_path, batch_size, dtype, codec)
+        else:
+            extracted = extraction_rate(dataset, encoder, store_path, batch_size, dtype, codec)
+            encoded = bare_encoder_rate(encoder, images, batch_size)
+        encode_rates.append(encoded)
+        extract_rates.append(extracted)
+        ratios.append(extracted / encoded)
     read_rate, memmap_rate = read_rates(store_path, scratch, batch_size)
     disk_mb = disk_write_rate(scratch)
     raw = sum(l.channels * l.height * l.width * 4 for l in encoder.description.layers)
     return ExtractBenchRow(
         encoder=name, weights=encoder.description.weights_source.split(":")[0], device=str(encoder.device), dtype=dtype,
-        codec=codec, tiles=len(images), encoder_tiles_per_s=max(encode_rates), extract_tiles_per_s=max(extract_rates),
-        extract_over_encoder=max(extract_rates) / max(encode_rates), feature_bytes_per_tile=feature_bytes(store_path),
+        codec=codec, tiles=len(images), encoder_tiles_per_s=statistics.median(encode_rates),
+        extract_tiles_per_s=statistics.median(extract_rates), extract_over_encoder=statistics.median(ratios),
+        feature_bytes_per_tile=feature_bytes(store_path),
         raw_float32_bytes_per_tile=raw, read_tiles_per_s=read_rate, memmap_tiles_per_s=memmap_rate,
         read_over_memmap=read_rate / memmap_rate, disk_write_mb_per_s=disk_mb,
         disk_cap_tiles_per_s=disk_mb * 1e6 / ((directory_bytes(store_path) or 1) / len(images)),
@@ -174,7 +189,7 @@ def format_rows(rows: list[ExtractBenchRow]) -> str:
 def run_extract_bench(encoders: list[str], n_tiles: int = 64, batch_size: int = 8, device: str = "auto",
                       codecs: tuple[tuple[str, str], ...] = (("float16", "none"), ("float16", "zstd"),
                                                               ("float16", "blosc-lz4"), ("int8", "none")),
-                      json_path: Path | None = None) -> list[ExtractBenchRow]:
+                      json_path: Path | None = None, rounds: int = 5) -> list[ExtractBenchRow]:
     """The bench table: every encoder with the default storage; the first one also with the other codecs."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="cellgap-bench-") as tmp:
@@ -183,11 +198,12 @@ def run_extract_bench(encoders: list[str], n_tiles: int = 64, batch_size: int = 
         sample_dir.mkdir()
         sample = write_sample(sample_dir, n_tiles)
         images = np.load(sample_dir / "images.npy")
-        print(f"threads: torch {torch.get_num_threads()}, tiles {n_tiles}, batch {batch_size}")
+        print(f"threads: torch {torch.get_num_threads()}, tiles {n_tiles}, batch {batch_size}, rounds {rounds} "
+              "(medians; extr/enc is the median of per-round ratios)")
         for position, name in enumerate(encoders):
             choices = codecs if position == 0 else codecs[:1]
             for dtype, codec in choices:
-                rows.append(bench_one(name.strip(), sample, images, batch_size, device, dtype, codec, scratch))
+                rows.append(bench_one(name.strip(), sample, images, batch_size, device, dtype, codec, scratch, rounds))
                 print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
     report_rows(rows, format_rows, json_path)
     return rows

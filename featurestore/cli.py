@@ -109,6 +109,8 @@ def _register_bench(bench: argparse._SubParsersAction) -> None:
     parser.add_argument("--tiles", type=positive_int, default=64, help="synthetic tiles to extract (default 64)")
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--rounds", type=positive_int, default=5,
+                        help="paired bare/extraction rounds per row, reported as medians (default 5)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     parser.set_defaults(handler=_bench_extract)
 
@@ -117,5 +119,5 @@ def _bench_extract(args: argparse.Namespace) -> int:
     from featurestore.bench import run_extract_bench
 
     run_extract_bench(args.encoders.split(","), n_tiles=args.tiles, batch_size=args.batch_size, device=args.device,
-                      json_path=args.json)
+                      json_path=args.json, rounds=args.rounds)
     return 0
