@@ -106,11 +106,12 @@ def _register_bench(bench: argparse._SubParsersAction) -> None:
     parser = bench.add_parser("extract", help="extraction vs bare encoder speed, bytes per tile, read speed vs memmap")
     parser.add_argument("--encoders", default="imagenet/efficientnet_lite0,convnext_base",
                         help="comma-separated encoders (a small and a base-sized one by default)")
-    parser.add_argument("--tiles", type=positive_int, default=64, help="synthetic tiles to extract (default 64)")
+    parser.add_argument("--tiles", type=positive_int, default=256,
+                        help="synthetic tiles to extract (default 256: 8 shards, so the steady state dominates)")
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--rounds", type=positive_int, default=5,
-                        help="paired bare/extraction rounds per row, reported as medians (default 5)")
+    parser.add_argument("--rounds", type=positive_int, default=3,
+                        help="paired bare/extraction rounds per row, reported as medians (default 3)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     parser.set_defaults(handler=_bench_extract)
 

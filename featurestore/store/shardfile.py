@@ -33,6 +33,7 @@ EMPTY = np.uint64(2**64 - 1)
 CHECKSUM_BYTES = 4
 DIRECT_ALIGN = 4096  # O_DIRECT wants buffer address, offset and length aligned to the device's block size
 DIRECT_STEP = 16 * 2**20  # bytes per write call (a multiple of DIRECT_ALIGN)
+SMALL_ARRAY_BYTES = 16 * 2**20  # arrays up to this size are read whole into memory on first use
 
 
 @dataclass(frozen=True)
@@ -232,12 +233,14 @@ class ShardFileReader:
     """Random tile access to one array through memory-mapped shard files."""
 
     def __init__(self, array_dir: Path, chunk_key: Callable[[int], str], n_tiles: int, layout: ShardLayout,
-                 max_open: int = 64) -> None:
+                 max_open: int = 64, whole_bytes: int = SMALL_ARRAY_BYTES) -> None:
         self._dir, self._key, self.n_tiles, self.layout = array_dir, chunk_key, n_tiles, layout
         self._open: OrderedDict[int, tuple[np.ndarray | None, np.ndarray, np.ndarray | None]] = OrderedDict()
         self._max_open = max_open
         self._lock = threading.Lock()
         self._zstd = Zstd() if layout.zstd_level is not None else None
+        self._whole: np.ndarray | None = None
+        self._whole_bytes = whole_bytes
 
     def _shard(self, shard: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
         """(bytes, index, regular view): the view is (shard_tiles, *tile_shape) when raw chunks lie in order."""
@@ -285,25 +288,38 @@ class ShardFileReader:
     def read(self, indices: np.ndarray) -> np.ndarray:
         """Tiles at `indices` as (len(indices), *tile_shape); tiles never written read as zeros.
 
-        Sorted indices are fastest (one gather per shard and run); any order is correct.
+        Sorted indices are fastest (one gather per shard and run); any order is correct. A small array
+        (e.g. int8 scales, a few bytes per tile) is read whole once and then indexed in memory: per-shard
+        bookkeeping would cost more than its bytes.
         """
         indices = np.asarray(indices, dtype=np.int64)
-        out = np.empty((len(indices),) + self.layout.tile_shape, self.layout.dtype)
         wanted = indices.tolist()  # plain ints: a batch is small, numpy's per-call overhead is not
         if wanted and (min(wanted) < 0 or max(wanted) >= self.n_tiles):
             raise IndexError(f"tile index out of range 0..{self.n_tiles - 1}")
-        shard_tiles = self.layout.shard_tiles
+        if self._whole is None and self.n_tiles * self.layout.tile_bytes <= self._whole_bytes:
+            self._whole = self._gather(np.arange(self.n_tiles), list(range(self.n_tiles)))
+        if self._whole is not None:
+            return self._whole[indices]
+        return self._gather(indices, wanted)
+
+    def _gather(self, indices: np.ndarray, wanted: list[int]) -> np.ndarray:
+        out = np.empty((len(indices),) + self.layout.tile_shape, self.layout.dtype)
+        shard_tiles, opened = self.layout.shard_tiles, self._open
         first = 0
-        for end in range(1, len(wanted) + 1):  # runs of consecutive requests in one shard, in request order
-            if end < len(wanted) and wanted[end] // shard_tiles == wanted[first] // shard_tiles:
-                continue
+        while first < len(wanted):  # runs of consecutive requests in one shard, in request order
             shard = wanted[first] // shard_tiles
-            data, index, view = self._shard(shard)
-            within = indices[first:end] - shard * shard_tiles
-            if view is not None:
-                np.take(view, within, axis=0, out=out[first:end], mode="clip")  # mode 'raise' would buffer
+            end = first + 1
+            while end < len(wanted) and wanted[end] // shard_tiles == shard:
+                end += 1
+            data, index, view = opened.get(shard) or self._shard(shard)
+            base = shard * shard_tiles
+            if view is not None and end - first >= 4:
+                np.take(view, indices[first:end] - base, axis=0, out=out[first:end], mode="clip")  # 'raise' buffers
+            elif view is not None:  # random batches: mostly one tile per shard, where plain indexing is cheapest
+                for row in range(first, end):
+                    out[row] = view[wanted[row] - base]
             else:
-                for row, position in enumerate(within.tolist(), start=first):
-                    out[row] = self._chunk(data, index, position)
+                for row in range(first, end):
+                    out[row] = self._chunk(data, index, wanted[row] - base)
             first = end
         return out
