@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
@@ -70,9 +70,10 @@ _EMA = 0.3
 
 
 class DynamicBatcher(Generic[X, Y]):
-    """Run `run(list[X]) -> list[Y]` on one worker thread over batches of concurrently submitted items."""
+    """Run `run(list[X]) -> list[Y]` (or an iterator of Y) on one worker thread over batches of concurrently
+    submitted items."""
 
-    def __init__(self, run: Callable[[list[X]], Sequence[Y]], *, max_batch: int = 8, max_wait_s: float = 0.004,
+    def __init__(self, run: Callable[[list[X]], Iterable[Y]], *, max_batch: int = 8, max_wait_s: float = 0.004,
                  max_queue: int = 256, name: str = "batcher", wait: Literal["always", "adaptive"] = "always",
                  on_batch: Callable[[int, float], None] | None = None) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
@@ -225,23 +226,30 @@ class DynamicBatcher(Generic[X, Y]):
         self._fail_waiting()
 
     def _execute(self, batch: list[tuple[X, Future[Y]]]) -> float | None:
-        """Run one batch; its duration, or None when it failed."""
+        """Run one batch; its duration, or None when it failed. Each caller gets its result as soon as the
+        batch function produces it (it may return an iterator), not when the whole batch is done."""
         start = time.perf_counter()
+        done = 0
         try:
-            results = list(self._run([item for item, _ in batch]))
-            if len(results) != len(batch):
-                raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")
+            results = iter(self._run([item for item, _ in batch]))
+            for (_, future), result in zip(batch, results):
+                future.set_result(result)
+                done += 1
+            if done != len(batch) or next(results, _STOP) is not _STOP:
+                raise RuntimeError(f"batch function returned {done if done < len(batch) else 'more'} results "
+                                   f"for {len(batch)} items")
         except Exception as error:  # noqa: BLE001 - every failure goes to the waiting callers
-            if len(batch) == 1:
-                batch[0][1].set_exception(error)
+            rest = batch[done:]
+            if not rest:
+                logger.warning("batch function failed after delivering every result: %s", error)
+            elif len(rest) == 1:
+                rest[0][1].set_exception(error)
             else:
-                logger.debug("batch of %d failed (%s): retrying item by item", len(batch), error)
-                for entry in batch:
+                logger.debug("batch of %d failed (%s): retrying item by item", len(rest), error)
+                for entry in rest:
                     self._execute([entry])
             return None
         elapsed = time.perf_counter() - start
-        for (_, future), result in zip(batch, results):
-            future.set_result(result)
         self.stats.batches += 1
         self.stats.items += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))

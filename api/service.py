@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,6 +34,8 @@ class PredictorLike(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
     def predict_batch(self, images: list[np.ndarray]) -> list[Instances]: ...
+
+    def iter_batch(self, images: list[np.ndarray]) -> Iterator[Instances]: ...
 
     def predict_image(self, image: np.ndarray) -> Instances: ...
 
@@ -98,10 +100,13 @@ class ModelService:
     def close(self) -> None:
         self.batcher.close()
 
-    def _run(self, images: list[np.ndarray]) -> Sequence[Instances]:
-        """The worker thread's call: one batched forward pass for whole tiles, one call per other image."""
-        results: list[Instances | None] = [None] * len(images)
+    def _run(self, images: list[np.ndarray]) -> Iterable[Instances]:
+        """The worker thread's call: one batched forward pass for whole tiles, one call per other image.
+        A batch of tiles only (the usual case) hands each tile's cells on as soon as they are post-processed."""
         tiles = [i for i, image in enumerate(images) if image.shape[:2] == (self.tile_size, self.tile_size)]
+        if len(tiles) == len(images):
+            return self.predictor.iter_batch(images)
+        results: list[Instances | None] = [None] * len(images)
         if tiles:
             for i, instances in zip(tiles, self.predictor.predict_batch([images[i] for i in tiles])):
                 results[i] = instances

@@ -7,6 +7,7 @@ encoder with the decoder.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,15 +107,20 @@ class Predictor:
 
     def predict_batch(self, images: list[np.ndarray]) -> list[Instances]:
         """Instances of tiles of exactly tile_size x tile_size, run together on the model."""
+        return list(self.iter_batch(images))
+
+    def iter_batch(self, images: list[np.ndarray]) -> Iterator[Instances]:
+        """`predict_batch` one tile at a time after the shared forward pass: a caller can hand each tile's
+        cells on while the next tiles are still being post-processed."""
         for image in images:
             check_image(image)
             if image.shape[:2] != (self.tile_size, self.tile_size):
                 raise PredictionError(f"tile is {image.shape[0]}x{image.shape[1]}, expected "
                                       f"{self.tile_size}x{self.tile_size} (use predict_image for other sizes)")
         if not images:
-            return []
-        maps = self.maps_of_tiles(np.stack(images))
-        return [instances_of(m, self.checkpoint.postprocess) for m in maps]
+            return
+        for maps in self.maps_of_tiles(np.stack(images)):
+            yield instances_of(maps, self.checkpoint.postprocess)
 
     def predict_image(self, image: np.ndarray, batch_size: int = 8) -> Instances:
         """Instances of an image of any size (sliding windows when larger than a tile, padding when smaller)."""

@@ -52,6 +52,9 @@ class FakePredictor:
         time.sleep(self.delay_s)
         return [self._instances(image) for image in images]
 
+    def iter_batch(self, images: list[np.ndarray]):
+        yield from self.predict_batch(images)
+
     def predict_image(self, image: np.ndarray) -> Instances:
         with self._lock:
             self.images += 1

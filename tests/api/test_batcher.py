@@ -184,3 +184,37 @@ def test_adaptive_mode_waits_only_when_batching_pays(per_item_s, fixed_s, pays):
         assert (waited > 0.2) is pays  # an announced item is waited for only when batching pays
     finally:
         batcher.close()
+
+
+def test_results_reach_callers_as_the_batch_function_yields_them():
+    """A caller gets its item's result while the rest of its batch is still being computed."""
+    go_on = threading.Event()
+
+    def streaming(items: list[int]):
+        for position, item in enumerate(items):
+            if position == 1:
+                assert go_on.wait(5)
+            yield item * 10
+
+    with DynamicBatcher(streaming, max_batch=2, max_wait_s=0.2) as batcher:
+        first, second = batcher.submit(1), batcher.submit(2)
+        assert first.result(5) == 10 and not second.done()
+        go_on.set()
+        assert second.result(5) == 20
+        assert batcher.stats.batches == 1 and batcher.stats.largest_batch == 2
+
+
+def test_a_batch_failing_midway_keeps_delivered_results_and_retries_the_rest_alone():
+    calls: list[list[int]] = []
+
+    def flaky(items: list[int]):
+        calls.append(list(items))
+        for item in items:
+            if item == 13 and len(items) > 1:
+                raise ValueError("13 fails in company")
+            yield item
+
+    with DynamicBatcher(flaky, max_batch=4, max_wait_s=0.2) as batcher:
+        futures = [batcher.submit(x) for x in (11, 12, 13, 14)]
+        assert [f.result(5) for f in futures] == [11, 12, 13, 14]
+    assert calls == [[11, 12, 13, 14], [13], [14]]
