@@ -100,23 +100,28 @@ def _round_up(value: int, step: int) -> int:
     return -(-value // step) * step
 
 
-def write_shard_file(path: Path, layout: ShardLayout, tiles: ShardBuffer | np.ndarray | list[np.ndarray]) -> None:
+def write_shard_file(path: Path, layout: ShardLayout, tiles: ShardBuffer | np.ndarray | list[np.ndarray],
+                     pool: ShardBufferPool | None = None) -> None:
     """Write one shard atomically and durably from its tiles: a filled `ShardBuffer`, or (n, *tile_shape) with
-    n <= shard_tiles given as one array or as consecutive parts (batches)."""
+    n <= shard_tiles given as one array or as consecutive parts (batches). Raw parts are gathered into a
+    shard buffer first, taken from and handed back to `pool` when one is given."""
     if isinstance(tiles, ShardBuffer):
         if tiles.layout != layout:
             raise StoreError(f"{path}: shard buffer of {tiles.layout} does not fit {layout}")
-        if layout.zstd_level is not None:
-            tiles = tiles.tiles
-    parts = [] if isinstance(tiles, ShardBuffer) else [tiles] if isinstance(tiles, np.ndarray) else list(tiles)
-    if any(part.shape[1:] != layout.tile_shape for part in parts) or sum(len(p) for p in parts) > layout.shard_tiles:
+        if layout.zstd_level is None:
+            _write_raw_shard(path, layout, tiles)
+            return
+        tiles = tiles.tiles
+    parts = [tiles] if isinstance(tiles, np.ndarray) else list(tiles)
+    count = sum(len(part) for part in parts)
+    if any(part.shape[1:] != layout.tile_shape for part in parts) or count > layout.shard_tiles:
         raise StoreError(f"{path}: shard data {[part.shape for part in parts]} does not fit tiles of {layout.tile_shape}")
     if layout.zstd_level is None:
-        if not isinstance(tiles, ShardBuffer):
-            tiles = _gather(layout, parts)
-        _write_raw_shard(path, layout, tiles)
+        buffer = fill_buffer(pool.take(layout, count) if pool is not None else ShardBuffer(layout, count), parts)
+        _write_raw_shard(path, layout, buffer)
+        if pool is not None:
+            pool.give(buffer)
         return
-    count = sum(len(part) for part in parts)
     codec = Zstd(level=layout.zstd_level)
     chunks = [codec.encode(np.ascontiguousarray(tile, dtype=layout.dtype)) for part in parts for tile in part]
     sizes = np.array([len(c) for c in chunks], dtype=np.uint64)
@@ -125,10 +130,6 @@ def write_shard_file(path: Path, layout: ShardLayout, tiles: ShardBuffer | np.nd
     index[:count, 0] = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
     index_bytes = index.tobytes()
     write_durably(path, [*chunks, index_bytes, struct.pack("<I", google_crc32c.value(index_bytes))])
-
-
-def _gather(layout: ShardLayout, parts: list[np.ndarray]) -> ShardBuffer:
-    return fill_buffer(ShardBuffer(layout, sum(len(part) for part in parts)), parts)
 
 
 def fill_buffer(buffer: ShardBuffer, parts: list[np.ndarray]) -> ShardBuffer:

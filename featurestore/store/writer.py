@@ -27,7 +27,6 @@ from featurestore.store.shardfile import (
     ShardBuffer,
     ShardBufferPool,
     ShardLayout,
-    fill_buffer,
     fsync_folder,
     write_chunk_file,
     write_shard_file,
@@ -156,13 +155,7 @@ class StoreWriter:
         array = self._array(path)
         shard_layout = self._layouts.get(path)
         if self._root is not None and shard_layout is not None:
-            target = shard_file(self._root, array, shard)
-            if isinstance(parts, ShardBuffer) or shard_layout.zstd_level is not None:
-                write_shard_file(target, shard_layout, parts)  # compressed parts are written in order
-                return
-            buffer = fill_buffer(self._buffers.take(shard_layout, sum(len(part) for part in parts)), parts)
-            write_shard_file(target, shard_layout, buffer)
-            self._buffers.give(buffer)
+            write_shard_file(shard_file(self._root, array, shard), shard_layout, parts, self._buffers)
             return
         if isinstance(parts, ShardBuffer):
             parts = [parts.tiles]
