@@ -82,7 +82,7 @@ class TargetCache:
         instances, classes = self.store.read_labels(indices)
         parts = [encode_targets(instances[i], classes[i], self.config) if done[i] else None for i in range(len(indices))]
         blank = encode_targets(np.zeros_like(instances[0]), np.zeros_like(classes[0]), self.config)
-        self.sidecar.write_shard(shard, {k: np.stack([(p or blank)[k] for p in parts]) for k in blank})
+        self.sidecar.write_shard(shard, {k: np.stack([(p or blank)[k] for p in parts]) for k in blank}, done=done)
 
     def read(self, indices: np.ndarray) -> TargetBatch:
         sm1 = self.sidecar.read("sm1", indices)

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from decoder.compare.config import CompareConfig
 from decoder.compare.grid import RunJob
 from decoder.compare.stores import StoreOutcome
+from decoder.metrics.detection import radius_at
 from decoder.metrics.results import MetricsReport
 from decoder.training.config import TrainConfig
 from featurestore.errors import ManifestMismatchError
@@ -155,12 +156,6 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def evaluation_radius(magnification: int | None) -> float:
-    from decoder.metrics.detection import RADIUS_AT_MAGNIFICATION
-
-    return RADIUS_AT_MAGNIFICATION.get(magnification or 40, 12.0)
-
-
 def execute_run(job: RunJob, config: CompareConfig, store: StoreOutcome, report_dir: Path, *,
                 device: str | None = None, progress: bool = False) -> RunOutcome:
     """Bring one run to finished: train or resume, predict the store's test split, write metrics.json."""
@@ -189,7 +184,7 @@ def execute_run(job: RunJob, config: CompareConfig, store: StoreOutcome, report_
     predict_store(run_dir, store.path, "test", predictions, device=wanted.device, batch_size=wanted.batch_size,
                   progress=progress)
     report = evaluate_sources(open_label_source(f"store:{store.path},split=test"),
-                              open_label_source(f"folder:{predictions}"), radius=evaluation_radius(magnification))
+                              open_label_source(f"folder:{predictions}"), radius=radius_at(magnification))
     _write_json(run_dir / METRICS, report.to_json_dict())  # written last: the run's "finished" marker
     return RunOutcome(job.key, str(run_dir), "resumed" if resumed else "trained", headline(report),
                       record.get("seconds_per_epoch"), time.perf_counter() - started)

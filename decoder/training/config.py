@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from decoder.errors import DecoderError
 from decoder.losses import LossWeights
+from decoder.postprocess import PresetName
 
 
 class TrainConfig(BaseModel):
@@ -30,7 +31,8 @@ class TrainConfig(BaseModel):
     val_every: int = Field(1, ge=1)
     best_metric: Literal["auto", "pq", "mpq_plus", "f1_d", "aji", "dice1"] = "auto"
     early_stopping: int = Field(20, ge=0, description="epochs without improvement before stopping (plateau schedule)")
-    postprocess: str = Field("auto", description="auto (from the data set) | pannuke | conic | cytodark0-20x | cytodark0-40x")
+    postprocess: Literal["auto"] | PresetName = Field(
+        "auto", description="auto (from the data set) | pannuke | conic | cytodark0-20x | cytodark0-40x")
     loss: LossWeights = LossWeights()
     train_split: str = "train"
     valid_split: str = "valid"

@@ -111,7 +111,7 @@ def train(config: TrainConfig) -> TrainResult:
         model = on_device(CellDecoder(spec), device)
     layer_names = [plan.name for plan in spec.layers]
     targets = TargetCache(store, target_config_for(store))
-    targets.ensure(np.concatenate([train_idx, valid_idx]), progress=config.progress)
+    targets.ensure(train_idx, progress=config.progress)  # validation scores against the labels themselves
     background = targets.config.regression_background_weight
     train_batches = StoreBatches(store, layer_names, train_idx, config.batch_size, targets=targets, shuffle=True,
                                  augment=config.augment, seed=config.seed, device=device, background_weight=background,

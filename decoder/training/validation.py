@@ -5,14 +5,11 @@ import numpy as np
 
 from decoder.inference import forward_probabilities, instances_of, split_tiles
 from decoder.loader import StoreBatches
-from decoder.metrics import RADIUS_AT_MAGNIFICATION, EvaluationAccumulator, MetricsReport
+from decoder.metrics import EvaluationAccumulator, MetricsReport
+from decoder.metrics.detection import radius_at
 from decoder.networks import CellDecoder
 from decoder.postprocess import PostprocessConfig
 from featurestore.store.reader import FeatureStore
-
-
-def radius_for(magnification: int | None) -> float:
-    return float(RADIUS_AT_MAGNIFICATION.get(magnification or 40, 12))
 
 
 def evaluate_split(model: CellDecoder, batches: StoreBatches, store: FeatureStore,
@@ -20,7 +17,7 @@ def evaluate_split(model: CellDecoder, batches: StoreBatches, store: FeatureStor
     """Metrics of the model on the batches' tiles (post-processed exactly as at prediction time)."""
     n_classes = model.spec.n_classes
     accumulator = EvaluationAccumulator(n_classes=n_classes or None, class_names=store.class_names,
-                                        radius=radius_for(store.manifest.dataset.magnification))
+                                        radius=radius_at(store.manifest.dataset.magnification))
     was_training = model.training
     model.eval()
     for batch in batches.epoch(0):

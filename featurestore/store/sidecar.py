@@ -60,7 +60,9 @@ class Sidecar:
         missing = np.asarray(wanted)[~done[np.asarray(wanted)]]
         return sorted(set((missing // self.shard_tiles).tolist()))
 
-    def write_shard(self, shard: int, values: Mapping[str, np.ndarray]) -> None:
+    def write_shard(self, shard: int, values: Mapping[str, np.ndarray], done: np.ndarray | None = None) -> None:
+        """Write a whole shard; `done` (one bool per tile, default all) marks the tiles whose values are final,
+        so tiles derived from data that was not there yet are computed again later."""
         tiles = layout.shard_range(shard, self.n_tiles, self.shard_tiles)
         for array_name in self.arrays:
             array = self.group[array_name]
@@ -75,7 +77,11 @@ class Sidecar:
         if self._root is not None:
             for folder in {shard_file(self._root, self.group[a], shard).parent for a in self.arrays}:
                 fsync_folder(folder)
-        self.group[layout.DONE][tiles.start : tiles.stop] = 1
+        marks = np.ones(len(tiles), np.uint8) if done is None else np.asarray(done, dtype=np.uint8)
+        if marks.shape != (len(tiles),):
+            raise StoreError(f"{self.path}: {marks.shape} done marks for shard {shard} of {len(tiles)} tiles")
+        self.group[layout.DONE][tiles.start : tiles.stop] = marks
+        self._readers.clear()  # cached readers map the replaced files
         if self._root is not None:
             fsync_paths([shard_file(self._root, self.group[layout.DONE], shard)])
 
