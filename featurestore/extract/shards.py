@@ -187,15 +187,12 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
             raise reader.error
     except BaseException:
         stop.set()
+        _drain(finished)  # shards not written yet are written by the next run
         raise
     finally:
         stop.set()
         _drain(loaded)
-        for thread in writer_threads_:
-            if thread.is_alive():
-                finished.put(_STOP)
-        for thread in writer_threads_:
-            thread.join()
+        _stop_writers(finished, writer_threads_)
         reader.join(timeout=5)
     for thread in writer_threads_:
         if thread.error is not None:
@@ -235,6 +232,20 @@ def _hand_over(finished: queue.Queue, writer_threads: list[_Worker], data: tuple
             return
         except queue.Full:
             continue
+
+
+def _stop_writers(finished: queue.Queue, threads: list[_Worker]) -> None:
+    """One stop mark per writer after the queued shards; a writer that died no longer takes from the queue,
+    so never wait on a full queue for it."""
+    for _ in threads:
+        while any(thread.is_alive() for thread in threads):
+            try:
+                finished.put(_STOP, timeout=0.2)
+                break
+            except queue.Full:
+                continue
+    for thread in threads:
+        thread.join()
 
 
 def _drain(q: queue.Queue) -> None:
