@@ -91,5 +91,5 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 def _evaluate_example(example: EvaluateArrays) -> dict[str, Any]:
     """The real answer to the documented request (tiny arrays: computed when the schema is first asked for)."""
-    pairs, class_names = evaluate.pairs_from_json(example, Settings())
+    pairs, class_names = evaluate.pairs_from_json(example, Settings.model_construct())  # defaults, not the env
     return evaluate.score(pairs, class_names=class_names, n_classes=None, radius=12.0, match_iou=0.5).to_json_dict()

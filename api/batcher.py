@@ -137,18 +137,18 @@ class DynamicBatcher(Generic[X, Y]):
 
     def submit(self, item: X, cost: int = 1, announcement: Announcement | None = None) -> Future[Y]:
         """Queue one item; its result (or exception) arrives on the returned future."""
-        if self._closed.is_set():
-            raise BatcherClosedError("the batcher is closed")
         cost = max(int(cost), 1)
-        with self._lock:
+        future: Future[Y] = Future()
+        with self._lock:  # closed check and put under the lock close() takes: no item lands after _STOP
+            if self._closed.is_set():
+                raise BatcherClosedError("the batcher is closed")
             if self._pending and self._pending + cost > self.max_queue:
                 raise QueueFullError(f"the queue is full ({self._pending} of {self.max_queue} waiting)")
             self._pending += cost
             if announcement is not None and announcement.left > 0:
                 announcement.left -= 1
                 self._incoming -= 1
-        future: Future[Y] = Future()
-        self._queue.put((item, future, cost))
+            self._queue.put((item, future, cost))  # unbounded queue: never blocks
         return future
 
     def _release(self, cost: int) -> None:
@@ -163,10 +163,11 @@ class DynamicBatcher(Generic[X, Y]):
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Finish the batch in progress, fail every waiting item with `BatcherClosedError`, stop the thread."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        self._queue.put(_STOP)
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            self._queue.put(_STOP)  # unbounded queue: never blocks
         if self._thread.is_alive():
             self._thread.join(timeout_s)
         self._fail_waiting()

@@ -37,7 +37,7 @@ class PredictorLike(Protocol):
 
     def iter_batch(self, images: list[np.ndarray]) -> Iterator[Instances]: ...
 
-    def predict_image(self, image: np.ndarray) -> Instances: ...
+    def predict_image(self, image: np.ndarray, batch_size: int = 8) -> Instances: ...
 
 
 PredictorFactory = Callable[[Settings], PredictorLike]
@@ -112,7 +112,7 @@ class ModelService:
                 results[i] = instances
         for i, image in enumerate(images):
             if results[i] is None:
-                results[i] = self.predictor.predict_image(image)
+                results[i] = self.predictor.predict_image(image, batch_size=self.settings.batch_size)
         return results  # type: ignore[return-value]
 
     def cost(self, image: np.ndarray) -> int:

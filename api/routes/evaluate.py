@@ -109,7 +109,7 @@ def parse_class_names(text: str) -> tuple[str, ...]:
             content = [content[str(i)] for i in ids]
         if not isinstance(content, list) or not all(isinstance(n, str) for n in content) or len(content) > 255:
             raise ValueError("expected a list of at most 255 names or an object id -> name")
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise InvalidInputError(f"field 'class_names': {error}", code="invalid_class_names") from None
     return tuple(content)
 

@@ -29,6 +29,7 @@ class FakePredictor:
         self.delay_s = delay_s
         self.batches: list[int] = []
         self.images = 0
+        self.image_batch_sizes: list[int] = []  # batch_size of each predict_image call
         self.threads: set[str] = set()
         self._lock = threading.Lock()
 
@@ -55,9 +56,10 @@ class FakePredictor:
     def iter_batch(self, images: list[np.ndarray]):
         yield from self.predict_batch(images)
 
-    def predict_image(self, image: np.ndarray) -> Instances:
+    def predict_image(self, image: np.ndarray, batch_size: int = 8) -> Instances:
         with self._lock:
             self.images += 1
+            self.image_batch_sizes.append(batch_size)
             self.threads.add(threading.current_thread().name)
         time.sleep(self.delay_s)
         return self._instances(image)

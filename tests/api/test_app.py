@@ -65,6 +65,16 @@ def test_larger_and_smaller_images_bypass_the_tile_batch(client, fake):
     assert fake.images == 2 and fake.batches == []
 
 
+def test_sliding_window_images_use_the_configured_batch_size():
+    fake = FakePredictor()
+    app = create_app(make_settings(batch_size=3), predictor_factory=lambda _: fake)
+    big = blob_tile(160, blobs=((20, 20), (100, 130)))
+    with TestClient(app) as client:
+        answer = client.post("/v1/predict", files=_file(npy_bytes(big), "big.npy"))
+    assert answer.status_code == 200 and answer.json()["sliding_window"] is True
+    assert fake.image_batch_sizes == [3]
+
+
 def test_batch_keeps_upload_order_and_shares_model_batches(client, fake):
     tiles = [blob_tile(blobs=((16, 16),) * (1 + i % 2) if i % 2 == 0 else ((16, 16), (40, 40))) for i in range(6)]
     files = [("files", (f"t{i}.png", png_bytes(t), "image/png")) for i, t in enumerate(tiles)]
@@ -255,6 +265,15 @@ def test_openapi_is_complete_with_examples(client):
     predict = paths["/v1/predict"]["post"]
     assert {"401", "413", "415", "422", "503"} <= set(predict["responses"])
     assert "image/png" in predict["responses"]["200"]["content"]
+
+
+def test_openapi_ignores_the_environment_for_its_example(monkeypatch):
+    monkeypatch.setenv("CELLGAP_MAX_IMAGE_PIXELS", "4")  # smaller than the documented example's maps
+    app = create_app(make_settings(), predictor_factory=lambda _: FakePredictor())
+    with TestClient(app) as client:
+        answer = client.get("/openapi.json")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["paths"]["/v1/evaluate"]["post"]["responses"]["200"]["content"]["application/json"]["example"]
 
 
 def test_file_names_are_labels_never_paths(client, tmp_path):

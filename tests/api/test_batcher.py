@@ -117,6 +117,42 @@ def test_close_fails_waiting_items_and_refuses_new_ones():
     assert not batcher.running
 
 
+def test_submit_after_close_fails_at_once_and_close_is_idempotent():
+    batcher = DynamicBatcher(lambda items: items, max_batch=2, max_wait_s=0.0).start()
+    assert batcher.submit(1).result(5) == 1
+    batcher.close()
+    batcher.close()  # a second close is a no-op
+    with pytest.raises(BatcherClosedError):
+        batcher.submit(2)
+    assert batcher.depth == 0 and batcher.pending_cost == 0  # nothing was enqueued behind the stop
+
+
+def test_submit_racing_close_never_leaves_a_future_hanging():
+    for _ in range(50):
+        batcher = DynamicBatcher(lambda items: items, max_batch=4, max_wait_s=0.0).start()
+        start = threading.Barrier(5)
+        futures: list = []
+
+        def submitter(batcher=batcher, start=start) -> None:
+            start.wait()
+            for i in range(20):
+                try:
+                    futures.append(batcher.submit(i))
+                except BatcherClosedError:
+                    return
+
+        threads = [threading.Thread(target=submitter) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        start.wait()
+        batcher.close()
+        for thread in threads:
+            thread.join(5)
+        for future in futures:  # each accepted item is either done or failed by close, never left pending
+            assert future.done()
+        assert batcher.depth == 0
+
+
 def test_async_run_and_cancelled_items_are_skipped():
     release = threading.Event()
     calls: list[list[int]] = []

@@ -133,6 +133,17 @@ BAD = [
 ]
 
 
+def test_deeply_nested_class_names_are_a_422_not_a_500(client):
+    files = [("gt", ("a.npy", npy_bytes(np.zeros((4, 4), np.int32)), "x")),
+             ("pred", ("a.npy", npy_bytes(np.zeros((4, 4), np.int32)), "x")),
+             ("class_names", (None, "[" * 100_000))]
+    answer = client.post("/v1/evaluate", files=files)
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"].startswith("application/json")
+    assert answer.json()["error"] == "invalid_class_names" and answer.json()["detail"]
+    assert client.get("/healthz").status_code == 200
+
+
 @pytest.mark.parametrize("name, request_kwargs, query, status, code", BAD, ids=[b[0] for b in BAD])
 def test_bad_evaluate_requests_are_4xx_naming_the_problem(client, name, request_kwargs, query, status, code):
     answer = client.post("/v1/evaluate" + query, **request_kwargs)
