@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from featurestore.clitools import parse_bool, positive_int
+from featurestore.clitools import at_least, parse_bool, positive_int
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
@@ -26,8 +26,9 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights (default 0)")
     parser.add_argument("--layers", default="default",
                         help="default | all | shallow | deep | mixed (ViTs) | indices like 2,5,8,11")
-    parser.add_argument("--tile-size", type=positive_int, default=256, help="tile side in pixels (default 256)")
-    parser.add_argument("--input-size", type=positive_int, help="side fed to a ViT (default: tile size or a 16x16 grid)")
+    parser.add_argument("--tile-size", type=at_least(32), default=256, help="tile side in pixels, >= 32 (default 256)")
+    parser.add_argument("--input-size", type=at_least(32),
+                        help="side fed to the model, >= 32 (default: tile size, or a 16x16 grid for patch-14 ViTs)")
 
 
 def encoder_settings(args: argparse.Namespace):

@@ -39,6 +39,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+def at_least(minimum: int):
+    """An argparse type: parse an integer that must be at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def positive_float(text: str) -> float:
     """Parse a finite number that must be above 0."""
     try:

@@ -59,10 +59,11 @@ def read_class_names(root: Path) -> tuple[str, ...] | None:
             if isinstance(content, list):
                 return tuple(str(c) for c in content)
             if isinstance(content, dict):
-                ids = sorted(int(k) for k in content)
-                if ids != list(range(1, len(ids) + 1)):
-                    raise DatasetError(f"{json_path}: class ids must be 1..K, got {ids}")
-                return tuple(str(content[str(i)]) for i in ids)
+                by_id = {int(k): v for k, v in content.items()}  # keys like "01" or " 1" name id 1 too
+                ids = sorted(by_id)
+                if len(by_id) != len(content) or ids != list(range(1, len(ids) + 1)):
+                    raise DatasetError(f"{json_path}: class ids must be 1..K without repeats, got {sorted(content)}")
+                return tuple(str(by_id[i]) for i in ids)
             raise DatasetError(f"{json_path}: expected a list of names or an object id -> name")
         if text_path.is_file():
             return tuple(line.strip() for line in text_path.read_text().splitlines() if line.strip())

@@ -122,10 +122,11 @@ def as_classes(array: np.ndarray, what: str) -> np.ndarray:
 
 def _read_mat(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     try:
         content = loadmat(path)
-    except (OSError, ValueError, NotImplementedError) as error:
+    except (OSError, ValueError, NotImplementedError, MatReadError) as error:
         raise DatasetError(f"{path}: cannot read .mat file ({error})") from None
     if "inst_map" not in content:
         raise DatasetError(f"{path}: .mat file has no 'inst_map' field (HoVer-Net layout expected)")

@@ -92,12 +92,13 @@ def _resolve_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def _build_kwargs(preset: EncoderPreset, tile_size: int) -> dict[str, Any]:
+def _build_kwargs(preset: EncoderPreset, image_size: int) -> dict[str, Any]:
+    """Preset kwargs plus what the input size demands; `image_size` is the side the model is fed."""
     kwargs = _resolve_kwargs(preset.kwargs)
     if preset.family == "vit":
         kwargs["dynamic_img_size"] = True
     elif preset.architecture.startswith("swin"):
-        kwargs["img_size"] = tile_size
+        kwargs["img_size"] = image_size  # Swin asserts its input side: build it for the resized tiles
     return kwargs
 
 
@@ -119,7 +120,7 @@ def _create(model_id: str, pretrained: bool, kwargs: dict[str, Any], name: str, 
 def build_model(settings: EncoderSettings) -> tuple[torch.nn.Module, EncoderPreset, str]:
     """The timm model with its weights loaded, the preset it came from, and where the weights came from."""
     preset = resolve_preset(settings.name)
-    kwargs = _build_kwargs(preset, settings.tile_size)
+    kwargs = _build_kwargs(preset, settings.input_size or settings.tile_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         if settings.weights is not None or not settings.pretrained or preset.package:

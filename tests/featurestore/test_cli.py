@@ -61,6 +61,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path, tiles4):
                             "--layers", "shallow"), "for ViTs")
     _one_line_error(run_cli("extract", "--dataset", f"conic:{good}", "--store", str(tmp_path / "e.zarr"), *base,
                             "--batch-size", "0"), "batch-size")
+    _one_line_error(run_cli("extract", "--dataset", f"conic:{good}", "--store", str(tmp_path / "e.zarr"), *base,
+                            "--tile-size", "16"), "--tile-size", ">= 32", "16")
+    _one_line_error(run_cli("extract", "--dataset", f"conic:{good}", "--store", str(tmp_path / "e.zarr"), *base,
+                            "--input-size", "8"), "--input-size", ">= 32")
     _one_line_error(run_cli("store", "info", str(tmp_path / "missing.zarr")), "no store here")
 
 

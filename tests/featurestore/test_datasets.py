@@ -95,6 +95,15 @@ def test_folder_class_names_file(tmp_path, tiles4):
     assert open_dataset(f"folder:{root}").info.class_names == ("tumour", "lymphocyte", "stromal")
 
 
+def test_folder_class_names_with_padded_ids(tmp_path, tiles4):
+    root = write_folder(tmp_path / "f", tiles4[:1])
+    (root / "classes.json").write_text('{"02": "lymphocyte", "01": "tumour"}')
+    assert open_dataset(f"folder:{root}").info.class_names == ("tumour", "lymphocyte")
+    (root / "classes.json").write_text('{"1": "tumour", "01": "again"}')
+    with pytest.raises(DatasetError, match="classes.json: class ids must be 1..K"):
+        open_dataset(f"folder:{root}").info
+
+
 def test_folder_cuts_large_images_into_covering_tiles(tmp_path):
     from skimage import io
 
@@ -175,6 +184,13 @@ def test_partly_labelled_folder_is_refused(tmp_path, tiles4):
     (root / "labels" / "tile1.npy").unlink()
     with pytest.raises(DatasetError, match="1 of 2 images have labels"):
         open_dataset(f"folder:{root}")
+
+
+def test_empty_mat_label_is_a_dataset_error(tmp_path, tiles4):
+    root = write_folder(tmp_path / "f", tiles4[:1], label_kind="mat")
+    (root / "labels" / "tile0.mat").write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"tile0\.mat: cannot read \.mat file"):
+        open_dataset(f"folder:{root}")[0]
 
 
 def test_wrong_label_dtype_and_shape(tmp_path, tiles4):

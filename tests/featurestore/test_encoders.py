@@ -21,6 +21,17 @@ def test_hierarchical_encoder_taps_every_stage():
         ("stage0", 4, 40, 64), ("stage1", 8, 80, 32), ("stage2", 16, 160, 16), ("stage3", 32, 320, 8)]
 
 
+def test_swin_is_built_for_the_input_size_not_the_tile_size():
+    """Swin asserts its input side: tiles resized to --input-size must fit the model it was built for."""
+    encoder = FrozenEncoder(EncoderSettings(name="swinv2_tiny_window8_256", pretrained=False, tile_size=256,
+                                            input_size=128, layers="0,3"))
+    d = encoder.description
+    assert d.family == "hierarchical" and d.input_size == 128 and d.resize
+    assert [(l.name, l.stride, l.height) for l in d.layers] == [("stage0", 8.0, 32), ("stage3", 64.0, 4)]
+    maps = encoder(torch.zeros(1, 256, 256, 3, dtype=torch.uint8))
+    assert [tuple(m.shape[2:]) for m in maps] == [(32, 32), (4, 4)]
+
+
 @pytest.mark.parametrize("strategy, blocks", [
     ("mixed", [2, 5, 8, 11]), ("shallow", [1, 2, 4, 5]), ("deep", [7, 8, 10, 11]), ("3,-1", [3, 11])])
 def test_vit_strategies_tap_token_grids_without_prefix_tokens(strategy, blocks):
