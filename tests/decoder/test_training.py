@@ -30,18 +30,26 @@ def test_run_directory_holds_everything(trained_run):
     assert {"instance", "detection", "conic"} <= set(validation)
 
 
-def test_checkpoint_round_trip_gives_the_same_outputs(trained_run, conv_store):
+def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path, trained_run, conv_store):
+    """Saving then loading gives back the model in memory (not merely two equal loads of one file)."""
+    from decoder.networks import CellDecoder, on_device
+    from decoder.training.checkpoint import save_checkpoint
     from featurestore.store import open_store
 
-    checkpoint = load_checkpoint(trained_run / "model.safetensors")
-    again = load_checkpoint(trained_run / "model.safetensors")
+    trained = load_checkpoint(trained_run / "model.safetensors")
+    torch.manual_seed(5)
+    model = on_device(CellDecoder(trained.spec), "cpu").eval()  # weights differ from any saved run; same layout
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, model, trained.manifest, trained.postprocess, trained.class_names, {"note": "test"})
+    loaded = load_checkpoint(path)
     store = open_store(str(conv_store))
-    features = [torch.from_numpy(store.read_features(np.arange(2), n)) for n in checkpoint.layer_names]
+    features = [torch.from_numpy(store.read_features(np.arange(2), n)) for n in loaded.layer_names]
     image = torch.from_numpy(store.read_images(np.arange(2))).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
-        a, b = checkpoint.model(features, image), again.model(features, image)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert checkpoint.manifest == store.manifest and checkpoint.class_names == store.class_names
+        a, b, c = model(features, image), loaded.model(features, image), trained.model(features, image)
+    assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["sm1"], c["sm1"])
+    assert loaded.manifest == store.manifest and loaded.class_names == store.class_names
+    assert loaded.info == {"note": "test"} and loaded.postprocess == trained.postprocess
 
 
 def test_resume_refuses_changed_settings(tmp_path, conv_store):
