@@ -93,11 +93,6 @@ class Grid:
         return lines
 
 
-def _same_settings(a: EncoderEntry, b: EncoderEntry) -> bool:
-    return (a.encoder, a.pretrained, a.weights, a.seed, a.input_size) == (b.encoder, b.pretrained, b.weights, b.seed,
-                                                                           b.input_size)
-
-
 def expand(config: CompareConfig) -> Grid:
     """Every store job and run job of the config, in config order (data set, encoder, layer set, seed)."""
     stores: dict[tuple, StoreJob] = {}
@@ -106,10 +101,9 @@ def expand(config: CompareConfig) -> Grid:
     for dataset in config.datasets:
         for encoder in config.encoders:
             for layers in encoder.layers:
+                # encoder labels with equal settings share the first one's store job
                 job = StoreJob(dataset, encoder, layers)
-                shared = next((s for s in stores.values() if s.dataset == dataset and s.layers == layers
-                               and _same_settings(s.encoder, encoder)), None)
-                job = shared or stores.setdefault(job.settings_key, job)
+                job = stores.setdefault(job.settings_key, job)
                 if (encoder.name, layers) not in rows:
                     rows.append((encoder.name, layers))
                 runs += [RunJob(job, encoder.name, seed) for seed in config.seeds]

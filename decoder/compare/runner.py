@@ -27,10 +27,8 @@ from decoder.compare.grid import Grid, RunJob, StoreJob, expand
 from decoder.compare.runs import (
     RunOutcome,
     execute_run,
-    headline,
-    read_metrics,
-    read_run_record,
     run_status,
+    skipped_outcome,
 )
 from decoder.compare.stores import StoreOutcome, prepare_store
 from featurestore.progress import progress_bar
@@ -197,9 +195,7 @@ def run_grid(config: CompareConfig, report_dir: Path, *, jobs: int = 1, schedule
             if status != "finished":
                 run_status_note[run.key] = reason if status != "new" else ""
                 return run
-            report = read_metrics(run.run_dir(report_dir))
-            seconds = read_run_record(run.run_dir(report_dir)).get("seconds_per_epoch")
-            outcome = RunOutcome(run.key, str(run.run_dir(report_dir)), "skipped", headline(report), seconds, 0.0)
+            outcome = skipped_outcome(run, run.run_dir(report_dir))
             summary.runs[run.key] = outcome
             say(f"{name_of(run)}: skipped (finished earlier; {outcome.line().split(': ', 1)[1]})")
             state.set(f"run: {run.key}", status="skipped", run_dir=outcome.run_dir)

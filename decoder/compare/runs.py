@@ -70,6 +70,14 @@ def headline(report: MetricsReport) -> dict[str, float | None]:
     return {"PQ": report.instance.pq, "mPQ+": report.conic.mpq_plus, "F1_d": report.detection.f1_d}
 
 
+def skipped_outcome(job: RunJob, run_dir: Path, started: float | None = None) -> RunOutcome:
+    """The outcome of a run found finished: its stored headline and s/epoch; seconds since `started` (else 0)."""
+    report = read_metrics(run_dir)
+    seconds_per_epoch = read_run_record(run_dir).get("seconds_per_epoch")
+    seconds = 0.0 if started is None else time.perf_counter() - started
+    return RunOutcome(job.key, str(run_dir), "skipped", headline(report), seconds_per_epoch, seconds)
+
+
 def _saved(run_dir: Path) -> tuple[dict[str, Any] | None, Manifest | None]:
     try:
         config = json.loads((run_dir / CONFIG).read_text())
@@ -168,9 +176,7 @@ def execute_run(job: RunJob, config: CompareConfig, store: StoreOutcome, report_
     wanted = config.train_config(store=store.path, out=run_dir, seed=job.seed, device=device, progress=progress)
     status, reason = run_status(run_dir, wanted, store.manifest)
     if status == "finished":
-        report = read_metrics(run_dir)
-        return RunOutcome(job.key, str(run_dir), "skipped", headline(report),
-                          read_run_record(run_dir).get("seconds_per_epoch"), time.perf_counter() - started)
+        return skipped_outcome(job, run_dir, started)
     if status == "stale":
         moved = move_aside(run_dir)
         log.info("%s: %s; moved the old run to %s", job.key, reason, moved.name)

@@ -40,19 +40,21 @@ def centroids(instances: Relabelled, runs: Runs, areas: np.ndarray) -> np.ndarra
 def pair_centroids(gt: np.ndarray, pred: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
     """Indices of paired (GT, prediction) points: minimum total distance over all points, then <= radius.
 
-    As HoVer-Net's `pair_coordinates`: the assignment minimises the summed float32 Euclidean
-    distance over every point, and only then drops pairs farther than the radius; it is not a
-    maximum matching within the radius, so a pair within reach can be lost.
+    As HoVer-Net's `pair_coordinates`: the assignment minimises the summed float64 Euclidean
+    distance (scipy's `cdist`) over every point, and only then drops pairs farther than the radius;
+    it is not a maximum matching within the radius, so a pair within reach can be lost.
     """
     if gt.shape[0] == 0 or pred.shape[0] == 0:
         empty = np.zeros(0, np.intp)
         return empty, empty
-    # (dx^2 + dy^2) in float32 is bit-identical to the reference's np.sum(diff ** 2, axis=-1), and faster
+    # the reference's cdist computes in float64 whatever the input dtype: cast the (float32) centroids first
+    gt = gt.astype(np.float64)
+    pred = pred.astype(np.float64)
     dx = gt[:, None, 0] - pred[None, :, 0]
     dy = gt[:, None, 1] - pred[None, :, 1]
     distance = np.sqrt(dx * dx + dy * dy)
     rows, cols = linear_sum_assignment(distance)
-    keep = distance[rows, cols] <= float(radius)  # a Python float compares in float32, like the reference's int
+    keep = distance[rows, cols] <= float(radius)
     return rows[keep].astype(np.intp), cols[keep].astype(np.intp)
 
 

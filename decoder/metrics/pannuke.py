@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,12 +45,13 @@ def image_bpq(pq: float, n_gt: int) -> float:
 
 @dataclass(frozen=True)
 class PanNukeSummary:
-    """Headline mPQ/bPQ (mean over tissues), class PQs (mean over images), per-tissue mPQ/bPQ."""
+    """Headline mPQ/bPQ (mean over tissues), class PQs (mean over images), per-tissue and per-image mPQ/bPQ."""
 
     mpq: float
     bpq: float
     pq_per_class: dict[int, float]
     tissue: dict[str, tuple[float, float]]  # name -> (mPQ, bPQ); empty when no tissue is known
+    image_mpq: np.ndarray = field(compare=False)  # (N,) mPQ of each image (NaN without classes)
 
 
 def pannuke_summary(class_pq: np.ndarray | None, bpq: np.ndarray, tissues: Sequence[str],
@@ -75,4 +76,5 @@ def pannuke_summary(class_pq: np.ndarray | None, bpq: np.ndarray, tissues: Seque
     if class_pq is not None:
         per_class = {c: nanmean(class_pq[:, k]) for k, c in enumerate(class_ids)}
     known = any(t for t in tissues)
-    return PanNukeSummary(mpq=mpq, bpq=bpq_all, pq_per_class=per_class, tissue=per_tissue if known else {})
+    return PanNukeSummary(mpq=mpq, bpq=bpq_all, pq_per_class=per_class, tissue=per_tissue if known else {},
+                          image_mpq=image_mpq)

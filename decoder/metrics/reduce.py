@@ -1,7 +1,6 @@
 """The single reduction from per-image statistics to the full `MetricsReport`."""
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from functools import reduce as fold
 from operator import add
@@ -62,7 +61,7 @@ def reduce_stats(images: Sequence[ImageStats], *, n_classes: int | None = None, 
         r2, r2_per_class = multi_r2(true_counts, pred_counts, class_ids)
         conic = ConicMetrics(mpq_plus=mpq_plus(plus), pq_plus=_by_class(plus), r2=r2,
                              r2_per_class=_by_class(r2_per_class))
-        class_pq = np.stack([image_class_pq(s.class_pq, class_ids) for s in images]).reshape(len(images), k)
+        class_pq = np.stack([image_class_pq(s.class_pq, class_ids) for s in images])
     else:
         conic = ConicMetrics(mpq_plus=None, pq_plus={}, r2=None, r2_per_class={})
         class_pq = None
@@ -71,10 +70,9 @@ def reduce_stats(images: Sequence[ImageStats], *, n_classes: int | None = None, 
         mpq=summary.mpq if typed else None, bpq=summary.bpq, pq_per_class=_by_class(summary.pq_per_class),
         tissue={t: TissueMetrics(mpq=v[0] if typed else None, bpq=v[1]) for t, v in summary.tissue.items()},
     )
-    image_mpq = nanmean(class_pq, axis=1) if class_pq is not None and k else np.full(len(images), math.nan)
     rows = [
         ImageMetrics(name=s.name, tissue=s.tissue, n_gt=s.n_gt, n_pred=s.n_pred, **s.instance.as_dict(),
-                     mpq=float(image_mpq[i]), bpq=float(bpq[i]), tp_d=s.detection.tp, fp_d=s.detection.fp,
+                     mpq=float(summary.image_mpq[i]), bpq=float(bpq[i]), tp_d=s.detection.tp, fp_d=s.detection.fp,
                      fn_d=s.detection.fn)
         for i, s in enumerate(images)
     ]

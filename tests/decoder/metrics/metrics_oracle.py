@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import cdist
 
 
 def masks(instances: np.ndarray) -> list[np.ndarray]:
@@ -101,7 +102,7 @@ def centroids_and_types(instances: np.ndarray, classes: np.ndarray | None) -> tu
 def pair_points(a: np.ndarray, b: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
     if len(a) == 0 or len(b) == 0:
         return np.zeros(0, int), np.zeros(0, int)
-    d = np.sqrt(np.sum((a[:, None, :] - b[None, :, :]) ** 2, axis=-1))
+    d = cdist(a, b)  # float64, whatever the dtype of the points, as HoVer-Net's pair_coordinates
     rows, cols = linear_sum_assignment(d)
     keep = d[rows, cols] <= radius
     return rows[keep], cols[keep]

@@ -168,6 +168,7 @@ def test_pannuke_reduction_is_tissue_weighted_by_hand():
     assert s.mpq == pytest.approx((0.55 + 0.9) / 2)  # not the mean over images (0.6667)
     assert s.bpq == pytest.approx(0.6)
     assert s.pq_per_class == {1: pytest.approx(0.5), 2: pytest.approx(0.65)}
+    assert s.image_mpq.tolist() == pytest.approx([0.8, 0.3, 0.9])
     untissued = pannuke_summary(class_pq, bpq, ["", "", ""], [1, 2])
     assert untissued.tissue == {} and untissued.mpq == pytest.approx((0.8 + 0.3 + 0.9) / 3)
     partly = pannuke_summary(class_pq, bpq, ["A", "", "A"], [1, 2])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from decoder.metrics import EvaluationAccumulator, image_stats
-from decoder.metrics.detection import DetectionCounts, centroids, detection_counts, detection_scores
+from decoder.metrics.detection import DetectionCounts, centroids, detection_counts, detection_scores, pair_centroids
 from decoder.metrics.overlaps import relabel_values
 from decoder.metrics.runs import compress
 from tests.decoder.metrics import metrics_oracle as oracle
@@ -44,6 +44,17 @@ def test_min_total_distance_pairing_can_lose_a_pair_within_the_radius():
     d = image_stats(gt, pred, radius=12).detection
     assert counts(d) == (1, 1, 1)
     assert detection_scores(d).f1_d == 0.5
+
+
+def test_pairing_distance_is_float64_like_cdist():
+    # As float32 centroids these are 12.00000049 px apart in float64 (scipy's cdist, the reference),
+    # but exactly 12.0 in float32 arithmetic: they must not pair at radius 12.
+    gt = np.array([[89.846154, 59.6]], np.float32)
+    pred = np.array([[96.619048, 69.505952]], np.float32)
+    rows, cols = pair_centroids(gt, pred, 12)
+    assert rows.size == 0 and cols.size == 0
+    d = detection_counts(gt, np.zeros(1, np.int64), pred, np.zeros(1, np.int64), 12)
+    assert counts(d) == (0, 1, 1)
 
 
 def test_centroids_are_float32_means_of_column_and_row():
