@@ -1,44 +1,44 @@
 """Running extraction on dask.distributed: shards as tasks, one encoder per worker, writes straight to the store.
 
-Each task owns whole shards, so no two workers ever write one chunk or shard. Workers reload the
-data set from its spec and the encoder from its settings, check that the weights they loaded hash
-to the manifest's, and write through the same code path as a local run.
+Each task owns whole shards, so no two workers ever write one chunk or shard. Each worker loads the
+data set from its spec and the encoder from its settings once (not per task), checks that the
+weights it loaded hash to the manifest's, and writes through the same code path as a local run.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from featurestore.errors import ManifestMismatchError, StoreError
 from featurestore.extract.config import ExtractConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-def _worker_encoder(config: ExtractConfig):
-    """The encoder this worker process loaded for these settings (loaded once per worker)."""
+def _on_worker(name: str, key: str, build: Callable[[], T]) -> T:
+    """What this worker process built for these settings: built once per worker, not once per shard task
+    (a data set scan or an encoder load can cost more than a shard); other settings replace it."""
     from distributed import get_worker
 
-    from featurestore.encoders.encoder import FrozenEncoder, pick_device
-
     worker = get_worker()
-    cache = getattr(worker, "_cellgap_encoders", None)
+    cache = getattr(worker, "_cellgap_cache", None)
     if cache is None:
         from featurestore.allocator import keep_freed_memory
 
         keep_freed_memory()  # a worker process is started by dask, not by the cellgap command that sets this
         cache = {}
-        setattr(worker, "_cellgap_encoders", cache)
-    key = config.encoder.model_dump_json() + config.device
-    if key not in cache:
-        cache.clear()
-        cache[key] = FrozenEncoder(config.encoder, device=pick_device(config.device))
-    return cache[key]
+        setattr(worker, "_cellgap_cache", cache)
+    if name not in cache or cache[name][0] != key:
+        cache[name] = (key, build())
+    return cache[name][1]
 
 
 def extract_task(config: ExtractConfig, shards: list[int], manifest_sha: str, n_workers: int) -> int:
     """One task on a worker: encode and write the given shards; returns tiles written."""
     from featurestore.datasets import open_dataset
+    from featurestore.encoders.encoder import FrozenEncoder, pick_device
     from featurestore.extract.job import set_cpu_threads
     from featurestore.extract.shards import encode_shards
     from featurestore.store.location import open_group
@@ -46,14 +46,17 @@ def extract_task(config: ExtractConfig, shards: list[int], manifest_sha: str, n_
     from featurestore.store.writer import StoreWriter
 
     set_cpu_threads(n_workers)
-    encoder = _worker_encoder(config)
+    encoder = _on_worker("encoder", config.encoder.model_dump_json() + config.device,
+                         lambda: FrozenEncoder(config.encoder, device=pick_device(config.device)))
     if encoder.description.weights_sha256 != manifest_sha:
         raise ManifestMismatchError(
             f"worker loaded weights {encoder.description.weights_sha256[:12]} for {config.encoder.name!r}, "
             f"but the store expects {manifest_sha[:12]}; every worker must see the same weights")
-    group = open_group(config.store, mode="r+")
+    group = open_group(config.store, mode="r+")  # opened per task: it may be a new store at this path
     writer = StoreWriter(group, parse_manifest(group.attrs.asdict(), config.store), config.store)
-    dataset = open_dataset(config.dataset, tile_size=config.encoder.tile_size, split_seed=config.split_seed)
+    dataset = _on_worker("dataset", f"{config.split_seed}|{writer.manifest.dataset.model_dump_json()}",  # same tiles
+                         lambda: open_dataset(config.dataset, tile_size=config.encoder.tile_size,
+                                              split_seed=config.split_seed))
     return encode_shards(dataset, encoder, writer, shards, config.batch_size)
 
 
