@@ -50,9 +50,12 @@ class Sidecar:
             create_array(self.group, ArraySpec(layout.DONE, (n_tiles,), "uint8", False, "none"), shard_tiles)
         self._root = local_root(group)
         self._readers: dict[str, TileArray] = {}
+        # looked up once: each lookup reads metadata through zarr's event loop thread
+        self._arrays = {name: self.group[name] for name in [*self.arrays, layout.DONE]}
+        self._layouts = {name: shard_layout(self._arrays[name]) for name in self.arrays}
 
     def done(self) -> np.ndarray:
-        return np.asarray(self.group[layout.DONE][:]).astype(bool)
+        return np.asarray(self._arrays[layout.DONE][:]).astype(bool)
 
     def pending_shards(self, wanted: np.ndarray) -> list[int]:
         """Shards holding any wanted tile that is not done yet."""
@@ -65,29 +68,29 @@ class Sidecar:
         so tiles derived from data that was not there yet are computed again later."""
         tiles = layout.shard_range(shard, self.n_tiles, self.shard_tiles)
         for array_name in self.arrays:
-            array = self.group[array_name]
+            array = self._arrays[array_name]
             data = values[array_name]
             if len(data) != len(tiles):
                 raise StoreError(f"{self.path}/{array_name}: {len(data)} tiles for shard {shard} of {len(tiles)}")
-            found = shard_layout(array)
+            found = self._layouts[array_name]
             if self._root is not None and found is not None:
                 write_shard_file(shard_file(self._root, array, shard), found, data)
             else:
                 array[tiles.start : tiles.stop] = data
         if self._root is not None:
-            for folder in {shard_file(self._root, self.group[a], shard).parent for a in self.arrays}:
+            for folder in {shard_file(self._root, self._arrays[a], shard).parent for a in self.arrays}:
                 fsync_folder(folder)
         marks = np.ones(len(tiles), np.uint8) if done is None else np.asarray(done, dtype=np.uint8)
         if marks.shape != (len(tiles),):
             raise StoreError(f"{self.path}: {marks.shape} done marks for shard {shard} of {len(tiles)} tiles")
-        self.group[layout.DONE][tiles.start : tiles.stop] = marks
+        self._arrays[layout.DONE][tiles.start : tiles.stop] = marks
         self._readers.clear()  # cached readers map the replaced files
         if self._root is not None:
-            fsync_paths([shard_file(self._root, self.group[layout.DONE], shard)])
+            fsync_paths([shard_file(self._root, self._arrays[layout.DONE], shard)])
 
     def read(self, array_name: str, indices: np.ndarray) -> np.ndarray:
         if array_name not in self._readers:
-            self._readers[array_name] = TileArray(self.group[array_name], self._root)
+            self._readers[array_name] = TileArray(self._arrays[array_name], self._root)
         return self._readers[array_name].read(np.asarray(indices))
 
 

@@ -79,14 +79,20 @@ class StoreWriter:
         self.n_tiles = manifest.dataset.n_tiles
         self.shard_tiles = manifest.storage.shard_tiles
         self._root = local_root(group)
+        self._arrays: dict[str, zarr.Array] = {}  # each lookup reads metadata through zarr's event loop thread
+        for path in [*_sharded_paths(manifest), layout.DONE, layout.PIXEL_SHA256]:
+            try:
+                self._arrays[path] = group[path]
+            except KeyError:  # e.g. no label arrays in an inference-only store, no scales without int8
+                continue
         self._layouts: dict[str, ShardLayout] = {}
-        for path in _sharded_paths(manifest):
-            found = shard_layout(group[path]) if path in group else None
+        for path, array in self._arrays.items():
+            found = shard_layout(array)
             if found is not None:
                 self._layouts[path] = found
-        self._raw_chunked = {p for p in (layout.DONE, layout.PIXEL_SHA256) if p in group and is_raw_chunked(group[p])}
+        self._raw_chunked = {p for p in (layout.DONE, layout.PIXEL_SHA256) if p in self._arrays
+                             and is_raw_chunked(self._arrays[p])}
         self._buffers = ShardBufferPool()
-        self._arrays: dict[str, zarr.Array] = {}  # each lookup reads metadata through zarr's event loop thread
 
     def _array(self, path: str) -> zarr.Array:
         if path not in self._arrays:
