@@ -11,6 +11,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from featurestore.errors import DatasetError
+
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 UNSPLIT = ""
 
@@ -38,6 +40,15 @@ class Tile:
     instances: np.ndarray | None
     classes: np.ndarray | None
     meta: TileMeta
+
+
+@dataclass(frozen=True)
+class TileBatch:
+    """Consecutive tiles stacked: images (n,H,W,3) uint8, instances (n,H,W) int32, classes (n,H,W) uint8."""
+
+    images: np.ndarray
+    instances: np.ndarray | None
+    classes: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -93,3 +104,31 @@ class LabelSource(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> LabelledImage: ...
+
+
+def read_tiles(dataset: TileDataset, start: int, stop: int, tile_size: int) -> TileBatch:
+    """Tiles start..stop-1 stacked, each checked to be (tile_size, tile_size, 3).
+
+    Readers backed by one array offer `read_batch` (a slice instead of per-tile copies and checks,
+    which a small CPU encoder would otherwise wait on); others are read tile by tile. Untyped
+    labels come back with `classes` None, as from a single tile.
+    """
+    expected = (tile_size, tile_size, 3)
+    batch_reader = getattr(dataset, "read_batch", None)
+    if batch_reader is not None:
+        batch = batch_reader(start, stop)
+        if batch.images.shape[1:] != expected:
+            raise DatasetError(f"tile {dataset.metas()[start].name}: image is {batch.images.shape[1:]}, "
+                               f"expected {expected}")
+        return batch
+    tiles = [dataset[i] for i in range(start, stop)]
+    for tile in tiles:
+        if tile.image.shape != expected:
+            raise DatasetError(f"tile {tile.meta.name}: image is {tile.image.shape}, expected {expected}")
+
+    def stacked(field: str) -> np.ndarray | None:
+        values = [getattr(t, field) for t in tiles]
+        return None if any(v is None for v in values) else np.stack(values)
+
+    return TileBatch(images=np.stack([t.image for t in tiles]), instances=stacked("instances"),
+                     classes=stacked("classes"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featurestore.datasets.base import DatasetInfo, LabelledImage, Tile, TileMeta
+from featurestore.datasets.base import DatasetInfo, LabelledImage, Tile, TileBatch, TileMeta
 from featurestore.datasets.imageio import as_classes, as_instances, to_rgb_uint8
 from featurestore.datasets.pannuke import load_npy
 from featurestore.datasets.splitfile import read_split_file
@@ -118,6 +118,22 @@ class CoNICDataset:
         instances, classes = self._label_pair(index)
         image = to_rgb_uint8(np.asarray(self._images[index]), f"{self.root / 'images.npy'}[{index}]")
         return Tile(image=image, instances=instances, classes=classes, meta=self.metas_cached[index])
+
+    def read_batch(self, start: int, stop: int) -> TileBatch:
+        """Tiles start..stop-1 from one slice of each array, checked batch-wide. Anything the fast path does
+        not take (float labels, non-uint8 images, values out of range) goes through the per-tile readers,
+        which convert it or name the offending tile."""
+        labels = np.asarray(self._labels[start:stop])
+        images = np.array(self._images[start:stop])  # a private copy: the encoder and the writer keep it
+        if np.can_cast(labels.dtype, np.int32) and images.dtype == np.uint8:  # integers that fit int32
+            instances = np.ascontiguousarray(labels[..., 0], dtype=np.int32)
+            classes = np.ascontiguousarray(labels[..., 1])
+            if instances.size == 0 or (instances.min() >= 0 and classes.min() >= 0 and classes.max() <= 255):
+                return TileBatch(images=images, instances=instances,
+                                 classes=classes.astype(np.uint8, copy=False))
+        tiles = [self[i] for i in range(start, stop)]
+        return TileBatch(images=np.stack([t.image for t in tiles]), instances=np.stack([t.instances for t in tiles]),
+                         classes=np.stack([t.classes for t in tiles]))
 
     def labelled(self, index: int) -> LabelledImage:
         instances, classes = self._label_pair(index)

@@ -201,3 +201,54 @@ def test_wrong_label_dtype_and_shape(tmp_path, tiles4):
     np.save(root / "labels" / "tile0.npy", np.full((256, 256), 0.5))
     with pytest.raises(DatasetError, match="non-integer"):
         open_dataset(f"folder:{root}")[0]
+
+
+def _per_tile(dataset, start: int, stop: int):
+    tiles = [dataset[i] for i in range(start, stop)]
+    return [np.stack([getattr(t, field) for t in tiles]) for field in ("image", "instances", "classes")]
+
+
+@pytest.mark.parametrize("label_dtype", [np.int32, np.uint16, np.int64, np.float32])
+def test_conic_batch_read_equals_tile_reads(tmp_path, tiles4, label_dtype):
+    from featurestore.datasets.base import read_tiles
+
+    root = write_conic(tmp_path / "conic", tiles4)
+    labels = np.load(root / "labels.npy")
+    np.save(root / "labels.npy", labels.astype(label_dtype))  # wide and float labels take the per-tile path
+    dataset = open_dataset(f"conic:{root}")
+    batch = read_tiles(dataset, 1, 4, 256)
+    images, instances, classes = _per_tile(dataset, 1, 4)
+    assert batch.images.dtype == np.uint8 and batch.instances.dtype == np.int32 and batch.classes.dtype == np.uint8
+    assert np.array_equal(batch.images, images) and np.array_equal(batch.instances, instances)
+    assert np.array_equal(batch.classes, classes)
+    assert batch.images.flags.c_contiguous and batch.instances.flags.c_contiguous
+
+
+def test_conic_batch_read_names_the_bad_tile(tmp_path, tiles4):
+    from featurestore.datasets.base import read_tiles
+
+    root = write_conic(tmp_path / "conic", tiles4)
+    labels = np.load(root / "labels.npy")
+    labels[2, 5, 5, 1] = 300  # class id out of range in the batch's second tile
+    np.save(root / "labels.npy", labels)
+    dataset = open_dataset(f"conic:{root}")
+    assert read_tiles(dataset, 0, 2, 256).classes.shape == (2, 256, 256)
+    with pytest.raises(DatasetError, match=r"labels\.npy\[2\]: class ids must lie in 0\.\.255"):
+        read_tiles(dataset, 1, 4, 256)
+    labels[2, 5, 5, 1] = 1
+    labels[3, 0, 0, 0] = -4
+    np.save(root / "labels.npy", labels)
+    with pytest.raises(DatasetError, match=r"labels\.npy\[3\]: instance ids must lie"):
+        read_tiles(open_dataset(f"conic:{root}"), 0, 4, 256)
+
+
+def test_batch_read_checks_tile_size(tmp_path, tiles4):
+    from featurestore.datasets.base import read_tiles
+
+    conic = open_dataset(f"conic:{write_conic(tmp_path / 'conic', tiles4)}")
+    with pytest.raises(DatasetError, match=r"tile crag_0-0000: image is \(256, 256, 3\), expected \(128, 128, 3\)"):
+        read_tiles(conic, 0, 2, 128)
+    folder = open_dataset(f"folder:{write_folder(tmp_path / 'f', tiles4[:2])}")
+    assert read_tiles(folder, 0, 2, 256).images.shape == (2, 256, 256, 3)
+    with pytest.raises(DatasetError, match=r"image is \(256, 256, 3\), expected \(128, 128, 3\)"):
+        read_tiles(folder, 0, 2, 128)
