@@ -16,12 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from featurestore.datasets.base import TileDataset
+from featurestore.datasets.base import TileDataset, read_tiles
 from featurestore.encoders.encoder import FrozenEncoder
-from featurestore.errors import DatasetError
 from featurestore.store import layout
 from featurestore.store.quantize import quantize_int8_into
-from featurestore.store.writer import FeatureShard, ShardData, StoreWriter
+from featurestore.store.writer import FeatureShard, ShardData, StoreWriter, pixel_hashes
 from featurestore.views import apply_view
 
 log = logging.getLogger(__name__)
@@ -37,13 +36,7 @@ class LoadedBatch:
     images: np.ndarray
     instances: np.ndarray | None
     classes: np.ndarray | None
-
-
-def _stack_labels(tiles: list, field: str) -> np.ndarray | None:
-    values = [getattr(t, field) for t in tiles]
-    if any(v is None for v in values):
-        return None
-    return np.stack(values)
+    hashes: np.ndarray  # pixel sha256 per tile
 
 
 def iter_batches(dataset: TileDataset, shards: Sequence[int], shard_tiles: int, batch_size: int,
@@ -53,13 +46,9 @@ def iter_batches(dataset: TileDataset, shards: Sequence[int], shard_tiles: int, 
         tiles = layout.shard_range(shard, n_tiles, shard_tiles)
         starts = list(range(tiles.start, tiles.stop, batch_size))
         for position, start in enumerate(starts):
-            loaded = [dataset[i] for i in range(start, min(start + batch_size, tiles.stop))]
-            for tile in loaded:
-                if tile.image.shape != (tile_size, tile_size, 3):
-                    raise DatasetError(f"tile {tile.meta.name}: image is {tile.image.shape}, expected "
-                                       f"({tile_size}, {tile_size}, 3)")
-            yield LoadedBatch(shard, position == 0, position == len(starts) - 1, np.stack([t.image for t in loaded]),
-                              _stack_labels(loaded, "instances"), _stack_labels(loaded, "classes"))
+            batch = read_tiles(dataset, start, min(start + batch_size, tiles.stop), tile_size)
+            yield LoadedBatch(shard, position == 0, position == len(starts) - 1, batch.images, batch.instances,
+                              batch.classes, pixel_hashes(batch.images))
 
 
 class _Worker(threading.Thread):
@@ -132,9 +121,10 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
         if event is not None:
             event.synchronize()
         if batch.first:
-            state["current"] = {"images": [], "instances": [], "classes": [], "features": {}}
+            state["current"] = {"images": [], "instances": [], "classes": [], "hashes": [], "features": {}}
         current = state["current"]
         current["images"].append(batch.images)
+        current["hashes"].append(batch.hashes)
         current["instances"].append(batch.instances)
         current["classes"].append(batch.classes)
         for key, values in host.items():
@@ -265,4 +255,4 @@ def _assemble(shard: int, parts: dict) -> ShardData:
     if instances is not None and classes is None:  # untyped labels: every cell is class 1
         classes = [(part > 0).astype(np.uint8) for part in instances]
     return ShardData(shard=shard, images=parts["images"], instances=instances, classes=classes,
-                     features=parts["features"])
+                     features=parts["features"], hashes=parts["hashes"])

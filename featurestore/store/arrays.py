@@ -35,6 +35,8 @@ def create_array(group: zarr.Group, spec: ArraySpec, shard_tiles: int) -> zarr.A
     return group.create_array(
         spec.path, shape=spec.shape, chunks=chunks, shards=shards, dtype=spec.dtype,
         compressors=compressors_for(spec.codec), fill_value=0, overwrite=False,
+        # c.3.0.0 beside each other rather than c/3/0/0: no folders to create and fsync per shard
+        chunk_key_encoding={"name": "default", "separator": "."},
     )
 
 

@@ -127,7 +127,7 @@ def write_shard_file(path: Path, layout: ShardLayout, tiles: ShardBuffer | np.nd
     sizes = np.array([len(c) for c in chunks], dtype=np.uint64)
     index = np.full((layout.shard_tiles, 2), EMPTY, dtype="<u8")
     index[:count, 1] = sizes
-    index[:count, 0] = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
+    index[:count, 0] = np.cumsum(sizes) - sizes  # offsets: chunks back to back
     index_bytes = index.tobytes()
     write_durably(path, [*chunks, index_bytes, struct.pack("<I", google_crc32c.value(index_bytes))])
 
@@ -163,7 +163,7 @@ def write_aligned_durably(path: Path, memory: np.ndarray, nbytes: int) -> None:
 
 def _write_direct(path: Path, memory: np.ndarray, nbytes: int) -> bool:
     """False, leaving nothing behind, where the file system refuses direct I/O."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _ensure_folder(path.parent)
     temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
     try:
         try:
@@ -192,6 +192,12 @@ def _write_direct(path: Path, memory: np.ndarray, nbytes: int) -> bool:
         raise
 
 
+def _ensure_folder(folder: Path) -> None:
+    """Create a shard's folder on first use; a stat is far cheaper than a mkdir that fails on every shard."""
+    if not os.path.isdir(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
 def _refused(path: Path, temporary: Path) -> bool:
     log.debug("%s: the file system refuses O_DIRECT; writing through the page cache", path.parent)
     temporary.unlink(missing_ok=True)
@@ -207,7 +213,7 @@ def write_chunk_file(path: Path, chunk_shape: tuple[int, ...], dtype: np.dtype, 
 
 def write_durably(path: Path, parts: list) -> None:
     """Write bytes-like parts to a temporary file, fsync it, and rename it into place (all or nothing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _ensure_folder(path.parent)
     temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
     try:
         with open(temporary, "wb") as handle:

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from featurestore.store.shardfile import (
 
 log = logging.getLogger(__name__)
 CREATING = "cellgap_creating"
+_IO_THREADS = 4  # concurrent array writes of one shard
 
 
 @dataclass
@@ -56,6 +58,7 @@ class ShardData:
     instances: list[np.ndarray] | None
     classes: list[np.ndarray] | None
     features: dict[tuple[str, str], list[np.ndarray] | FeatureShard] = field(default_factory=dict)
+    hashes: list[np.ndarray] | None = None  # pixel_hashes of each image part, where the reader already has them
 
     @property
     def n_tiles(self) -> int:
@@ -63,8 +66,17 @@ class ShardData:
 
     @property
     def pixel_sha256(self) -> np.ndarray:
-        return np.stack([np.frombuffer(hashlib.sha256(image.tobytes()).digest(), np.uint8)
-                         for part in self.images for image in part])
+        parts = self.hashes if self.hashes is not None else [pixel_hashes(part) for part in self.images]
+        return np.concatenate(parts)
+
+
+def pixel_hashes(images: np.ndarray) -> np.ndarray:
+    """sha256 of each tile's pixels, (n, 32) uint8. Cheapest right after the tiles were read, while their
+    bytes are still in the cache."""
+    out = np.empty((len(images), 32), np.uint8)
+    for row, image in enumerate(images):
+        out[row] = np.frombuffer(hashlib.sha256(np.ascontiguousarray(image).data).digest(), np.uint8)
+    return out
 
 
 def pixel_fingerprint(hashes: np.ndarray) -> str:
@@ -147,9 +159,10 @@ class StoreWriter:
                 values[layout.feature_path(layer.name, view)] = [stored for stored, _ in encoded]
                 if self.manifest.storage.dtype == "int8":
                     values[layout.scale_path(layer.name, view)] = [scale for _, scale in encoded]
-        for path, parts in values.items():
-            self._write(path, data.shard, parts)
-        self._sync(list(values), data.shard)
+        with ThreadPoolExecutor(max_workers=_IO_THREADS, thread_name_prefix="cellgap-io") as pool:
+            # arrays in parallel: their writes and fsyncs wait on the disk, not on the CPU
+            list(pool.map(lambda item: self._write(item[0], data.shard, item[1]), values.items()))
+            self._sync(list(values), data.shard, pool)
         self._write(layout.DONE, data.shard, [np.ones(len(tiles), np.uint8)])
         self._sync([layout.DONE], data.shard)
         for written in values.values():
@@ -172,15 +185,15 @@ class StoreWriter:
         tiles = layout.shard_range(shard, self.n_tiles, self.shard_tiles)
         array[tiles.start : tiles.stop] = values
 
-    def _sync(self, paths: Sequence[str], shard: int) -> None:
+    def _sync(self, paths: Sequence[str], shard: int, pool: ThreadPoolExecutor | None = None) -> None:
         """Make a shard's files and the folders they were renamed into durable (local stores only)."""
         if self._root is None:
             return  # object stores make each write durable and atomic on their own
         files = [shard_file(self._root, self._array(p), shard) for p in paths]
         direct = set(self._layouts) | self._raw_chunked  # direct writes fsync their files themselves
         fsync_paths([f for p, f in zip(paths, files) if p not in direct])
-        for folder in {f.parent for f in files if f.exists()}:
-            fsync_folder(folder)
+        folders = {f.parent for f in files if f.exists()}
+        list(pool.map(fsync_folder, folders) if pool is not None else map(fsync_folder, folders))
 
     def finalize(self) -> Manifest:
         """Record the pixel fingerprint once every tile is done; returns the (possibly updated) manifest."""

@@ -77,6 +77,14 @@ def test_our_shard_files_and_zarr_python_agree(store6):
         assert np.array_equal(tile_array.read(indices), np.asarray(group[path][:])[indices]), path
 
 
+def test_pixel_hashes_are_sha256_of_each_tile(store6, conic_dir):
+    import hashlib
+
+    images = np.load(conic_dir / "images.npy")
+    stored = np.asarray(zarr.open_group(str(store6), mode="r")["meta/pixel_sha256"][:])
+    assert [bytes(row).hex() for row in stored] == [hashlib.sha256(image.tobytes()).hexdigest() for image in images]
+
+
 def test_manifest_records_provenance(store6):
     manifest = open_store(str(store6)).manifest
     assert manifest.schema_version == 1 and manifest.encoder.weights_source == "random:seed=0"
@@ -86,11 +94,12 @@ def test_manifest_records_provenance(store6):
 
 
 def test_rerun_on_complete_store_does_nothing(store6, conic_dir):
-    before = {p.name: p.stat().st_mtime_ns for p in (store6 / "features" / "stage0" / "c").iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in (store6 / "features" / "stage0").glob("c.*")}
+    assert len(before) == 2  # 6 tiles in shards of 4
     summary = extract(store6, dataset=f"conic:{conic_dir}")
     assert summary.already_complete and summary.tiles_written == 0
     assert "nothing to do" in summary.lines()[0]
-    assert before == {p.name: p.stat().st_mtime_ns for p in (store6 / "features" / "stage0" / "c").iterdir()}
+    assert before == {p.name: p.stat().st_mtime_ns for p in (store6 / "features" / "stage0").glob("c.*")}
 
 
 def test_store_of_another_encoder_is_refused(store6, conic_dir):
