@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from featurestore.encoders.layers import select_layers
-from featurestore.encoders.registry import EncoderPreset, resolve_preset
+from featurestore.encoders.registry import EncoderPreset, resolve_preset, takes_dynamic_size
 from featurestore.encoders.weights import (
     load_state,
     package_weights_path,
@@ -95,7 +95,7 @@ def _resolve_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 def _build_kwargs(preset: EncoderPreset, image_size: int) -> dict[str, Any]:
     """Preset kwargs plus what the input size demands; `image_size` is the side the model is fed."""
     kwargs = _resolve_kwargs(preset.kwargs)
-    if preset.family == "vit":
+    if takes_dynamic_size(preset):
         kwargs["dynamic_img_size"] = True
     elif preset.architecture.startswith("swin"):
         kwargs["img_size"] = image_size  # Swin asserts its input side: build it for the resized tiles

@@ -170,6 +170,24 @@ def resolve_preset(name: str) -> EncoderPreset:
                          architecture=architecture)
 
 
+# timm modules whose models keep one token grid; the first group resamples position embeddings for any
+# input side when built with dynamic_img_size (checked against timm's constructors in the tests)
+DYNAMIC_SIZE_MODULES: tuple[str, ...] = ("vision_transformer", "vision_transformer_hybrid", "deit", "eva")
+FIXED_SIZE_VIT_MODULES: tuple[str, ...] = ("beit", "vision_transformer_relpos", "vision_transformer_sam")
+
+
 def _is_vit(architecture: str) -> bool:
-    """Plain ViTs (one token grid); hybrid and hierarchical transformers report strides per stage."""
-    return architecture.startswith(("vit_", "deit", "eva", "beit", "vit-")) and "hybrid" not in architecture
+    """Plain ViTs by the timm module that defines them (flexivit, deit3, eva02... included), not by name."""
+    from timm.models import is_model_in_modules
+
+    return bool(is_model_in_modules(architecture, DYNAMIC_SIZE_MODULES + FIXED_SIZE_VIT_MODULES))
+
+
+def takes_dynamic_size(preset: EncoderPreset) -> bool:
+    """Whether the model is built with dynamic_img_size. A hub model of unknown architecture is taken at
+    its preset's word (the hub's pathology encoders are timm ViTs)."""
+    if not preset.architecture:
+        return preset.family == "vit"
+    from timm.models import is_model_in_modules
+
+    return bool(is_model_in_modules(preset.architecture.split(".", 1)[0], DYNAMIC_SIZE_MODULES))

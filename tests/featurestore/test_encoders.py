@@ -143,3 +143,32 @@ def test_device_choice_never_assumes_cuda():
     if not torch.cuda.is_available():
         with pytest.raises(EncoderError, match="no CUDA device"):
             pick_device("cuda")
+
+
+@pytest.mark.parametrize(("name", "family", "dynamic"), [
+    ("vit_tiny_patch16_224", "vit", True), ("flexivit_small", "vit", True), ("deit3_small_patch16_224", "vit", True),
+    ("eva02_tiny_patch14_224", "vit", True), ("vit_small_r26_s32_224", "vit", True),
+    ("beit_base_patch16_224", "vit", False), ("samvit_base_patch16", "vit", False),
+    ("convnext_atto", "hierarchical", False), ("swinv2_tiny_window8_256", "hierarchical", False),
+])
+def test_vit_family_comes_from_the_timm_module(name, family, dynamic):
+    import inspect
+
+    import timm
+
+    from featurestore.encoders.registry import takes_dynamic_size
+
+    preset = resolve_preset(name)
+    assert preset.family == family and takes_dynamic_size(preset) is dynamic
+    if dynamic:  # the constructor really takes the flag (checked without building the model)
+        module = timm.models._registry._model_to_module[name]
+        classes = [c for _, c in inspect.getmembers(__import__(f"timm.models.{module}", fromlist=["_"]), inspect.isclass)
+                   if "dynamic_img_size" in inspect.signature(c.__init__).parameters]
+        assert classes, module
+
+
+def test_presets_of_hub_vits_are_built_with_dynamic_size():
+    from featurestore.encoders.registry import takes_dynamic_size
+
+    vits = [p for p in PRESETS.values() if p.family == "vit"]
+    assert vits and all(takes_dynamic_size(p) for p in vits)
