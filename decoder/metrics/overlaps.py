@@ -115,6 +115,11 @@ class OverlapTable:
                             self.pair_inter[pairs])
 
 
+def uses_dense_table(cells: int, elements: int) -> bool:
+    """A dense bincount while the table stays small next to the data; else one sort of the keys."""
+    return cells <= max(_DENSE_CELLS, 4 * elements)
+
+
 def overlap_table(gt_labels: np.ndarray, n_gt: int, pred_labels: np.ndarray, n_pred: int,
                   weights: np.ndarray | None = None, keep: np.ndarray | None = None) -> OverlapTable:
     """Count every (GT label, prediction label) combination in one bincount (one sort if huge).
@@ -126,7 +131,7 @@ def overlap_table(gt_labels: np.ndarray, n_gt: int, pred_labels: np.ndarray, n_p
     stride = n_pred + 1
     cells = (n_gt + 1) * stride
     key = gt_labels * stride + pred_labels
-    dense = cells <= max(_DENSE_CELLS, 4 * key.size)
+    dense = uses_dense_table(cells, key.size)
     if keep is None and dense:
         table = np.bincount(key, weights=weights, minlength=cells).astype(np.int64).reshape(n_gt + 1, stride)
         inner = table[1:, 1:]

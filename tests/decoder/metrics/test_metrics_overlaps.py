@@ -68,14 +68,16 @@ def _direct(gt: np.ndarray, pred: np.ndarray) -> dict[tuple[int, int], int]:
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("dense", [True, False])
 def test_overlap_table_matches_direct_counting(seed, dense, monkeypatch):
-    if not dense:
+    if not dense:  # many ids over few pixels: the table would dwarf the data, so the keys are sorted instead
         monkeypatch.setattr(overlaps, "_DENSE_CELLS", 0)
+    n_gt_ids, n_pred_ids = (6, 8) if dense else (60, 80)
     rng = np.random.default_rng(seed)
-    gt = rng.integers(0, 6, (9, 11)) * 1000003
-    pred = rng.integers(0, 8, (9, 11)) + 2**40
+    gt = rng.integers(0, n_gt_ids, (9, 11)) * 1000003
+    pred = rng.integers(0, n_pred_ids, (9, 11)) + 2**40
     pred[rng.random((9, 11)) < 0.3] = 0
     runs = compress(gt, pred)
     g, p = relabel_values(runs.sample(gt)), relabel_values(runs.sample(pred))
+    assert overlaps.uses_dense_table((g.count + 1) * (p.count + 1), runs.lengths.size) is dense
     table = overlap_table(g.labels, g.count, p.labels, p.count, weights=runs.lengths)
     got = {(int(g.ids[i]), int(p.ids[j])): int(n) for i, j, n in zip(table.pair_gt, table.pair_pred, table.pair_inter)}
     assert got == _direct(gt, pred)
@@ -85,7 +87,10 @@ def test_overlap_table_matches_direct_counting(seed, dense, monkeypatch):
     assert np.array_equal(order, np.arange(order.size))  # sorted by GT, then prediction
 
 
-def test_overlap_table_keep_mask_limits_intersections_not_areas():
+@pytest.mark.parametrize("dense", [True, False])
+def test_overlap_table_keep_mask_limits_intersections_not_areas(dense, monkeypatch):
+    if not dense:
+        monkeypatch.setattr(overlaps, "uses_dense_table", lambda cells, elements: False)
     gt = np.array([1, 1, 1, 0])
     pred = np.array([1, 1, 0, 1])
     keep = np.array([True, False, True, True])
