@@ -106,9 +106,9 @@ class PanNukeDataset:
             return fixed
         return stratified_group_split(names, self.tissues, self.split_seed)
 
-    @property
+    @cached_property
     def names(self) -> list[str]:
-        return [f"{i:05d}" for i in range(self._masks.shape[0])]
+        return [f"{i:05d}" for i in range(self._masks.shape[0])]  # built once: evaluation asks per image
 
     @property
     def class_names(self) -> tuple[str, ...]:
