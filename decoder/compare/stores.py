@@ -20,8 +20,8 @@ from typing import Literal
 
 from decoder.compare.config import ExtractSettings
 from decoder.compare.grid import StoreJob
-from featurestore.extract.job import run_extraction
-from featurestore.extract.plan import planned_manifest
+from featurestore.extract.job import run_plan
+from featurestore.extract.plan import plan_extraction
 from featurestore.store.catalog import (
     find_compatible,
     is_complete,
@@ -112,7 +112,8 @@ def prepare_store(job: StoreJob, stores_root: Path, extra_roots: list[Path], ext
     """Reuse a compatible store, resume a compatible partial one, or build a new one under `stores_root`."""
     started = time.perf_counter()
     config = job.extract_config("", extract, device=device, progress=progress)
-    wanted = planned_manifest(config)
+    plan = plan_extraction(config)  # the encoder is built once: for the manifest, and to extract if need be
+    wanted = plan.manifest
     found = None
     for root in [Path(stores_root), *map(Path, extra_roots)]:
         found = find_compatible(root, wanted)
@@ -126,7 +127,7 @@ def prepare_store(job: StoreJob, stores_root: Path, extra_roots: list[Path], ext
         target = found or new_store_path(stores_root, job, wanted)
         action = "resumed" if found is not None else "built"
         target.parent.mkdir(parents=True, exist_ok=True)
-        summary = run_extraction(config.model_copy(update={"store": str(target)}))
+        summary = run_plan(plan.with_store(str(target)))
         if summary.tiles_written:
             _write_cost_record(target, summary.tiles_total, summary.tiles_written, summary.seconds, config.device)
     record = read_cost_record(target) or {}

@@ -9,14 +9,11 @@ from pathlib import Path
 
 import torch
 
-from featurestore.datasets import open_dataset
-from featurestore.encoders.encoder import FrozenEncoder, pick_device
 from featurestore.extract.config import ExtractConfig
+from featurestore.extract.plan import ExtractionPlan, plan_extraction
 from featurestore.extract.shards import encode_shards
 from featurestore.progress import progress_bar
-from featurestore.store.manifest import StorageRecord, new_manifest
 from featurestore.store.writer import open_or_create
-from featurestore.views import VIEW_SETS
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +52,13 @@ def directory_bytes(location: str) -> int | None:
 
 def run_extraction(config: ExtractConfig) -> ExtractSummary:
     """Create or resume the store and fill every tile that is not done yet."""
-    dataset = open_dataset(config.dataset, tile_size=config.encoder.tile_size, split_seed=config.split_seed)
-    info = dataset.info
-    if info.tile_size != config.encoder.tile_size:
-        config = config.model_copy(update={"encoder": config.encoder.model_copy(update={"tile_size": info.tile_size})})
-    metas = dataset.metas()
-    if not metas:
-        from featurestore.errors import DatasetError
+    return run_plan(plan_extraction(config))
 
-        raise DatasetError(f"{config.dataset}: the data set has no tiles")
-    device = pick_device(config.device)
-    encoder = FrozenEncoder(config.encoder, device=device)
-    storage = StorageRecord(dtype=config.dtype, codec=config.codec, shard_tiles=config.shard_tiles,
-                            views=VIEW_SETS[config.views])
-    manifest = new_manifest(encoder.description, info, metas, storage)
-    writer, existed = open_or_create(config.store, manifest, metas)
+
+def run_plan(plan: ExtractionPlan) -> ExtractSummary:
+    """Run a planned extraction (see `plan_extraction`) into `plan.config.store`."""
+    config, metas = plan.config, plan.metas
+    writer, existed = open_or_create(config.store, plan.manifest, metas)
     pending = writer.pending_shards()
     if not pending:
         writer.finalize()
@@ -82,10 +71,13 @@ def run_extraction(config: ExtractConfig) -> ExtractSummary:
         if config.workers or config.scheduler:
             from featurestore.extract.distributed import run_on_dask
 
-            del encoder  # each worker loads its own copy
-            written = run_on_dask(config, pending, manifest_sha=manifest.encoder.weights_sha256, on_tiles=bar.update)
+            plan.encoder = None  # each worker loads its own copy; free this one's memory first
+            written = run_on_dask(config, pending, manifest_sha=plan.manifest.encoder.weights_sha256,
+                                  on_tiles=bar.update)
         else:
-            written = encode_shards(dataset, encoder, writer, pending, config.batch_size, on_tiles=bar.update)
+            if plan.encoder is None:
+                raise ValueError("this plan's encoder was handed to dask workers; plan the extraction again")
+            written = encode_shards(plan.dataset, plan.encoder, writer, pending, config.batch_size, on_tiles=bar.update)
     seconds = time.perf_counter() - started
     writer.finalize()
     return ExtractSummary(config.store, len(metas), written, seconds, directory_bytes(config.store), False)

@@ -1,16 +1,36 @@
-"""The manifest an extraction would write, computed without writing anything (to find a reusable store).
+"""An extraction planned before anything is written: the data set opened, the encoder built once.
 
-`planned_manifest` opens the data set and builds the encoder the way `run_extraction` does, so the
-result can be compared with existing stores by `featurestore.store.manifest.check_compatible`.
+`run_extraction` runs a plan; `cellgap compare` first matches the plan's manifest against existing
+stores (`featurestore.store.manifest.check_compatible`) and runs the same plan only when none fits,
+so a large encoder is loaded once, not once to plan and again to extract.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
 from featurestore.datasets import open_dataset
+from featurestore.datasets.base import TileDataset, TileMeta
 from featurestore.encoders.encoder import FrozenEncoder, pick_device
 from featurestore.errors import DatasetError
 from featurestore.extract.config import ExtractConfig
 from featurestore.store.manifest import Manifest, StorageRecord, new_manifest
 from featurestore.views import VIEW_SETS
+
+
+@dataclass
+class ExtractionPlan:
+    """What one extraction reads, runs and records. `encoder` is None once handed over to dask workers."""
+
+    config: ExtractConfig  # with the data set's tile size
+    dataset: TileDataset
+    metas: Sequence[TileMeta]
+    encoder: FrozenEncoder | None
+    manifest: Manifest
+
+    def with_store(self, store: str) -> ExtractionPlan:
+        """The same plan writing to another store location."""
+        return replace(self, config=self.config.model_copy(update={"store": store}))
 
 
 def effective_config(config: ExtractConfig, tile_size: int) -> ExtractConfig:
@@ -20,11 +40,11 @@ def effective_config(config: ExtractConfig, tile_size: int) -> ExtractConfig:
     return config.model_copy(update={"encoder": config.encoder.model_copy(update={"tile_size": tile_size})})
 
 
-def planned_manifest(config: ExtractConfig, *, device: str = "cpu") -> Manifest:
-    """The manifest `run_extraction(config)` would write (its `created` time aside).
+def plan_extraction(config: ExtractConfig, *, device: str | None = None) -> ExtractionPlan:
+    """Open the data set and build the encoder (on `device`, else the config's) as `run_extraction` needs them.
 
-    The encoder is built on `device` (CPU by default: the description, weights hash and layer
-    shapes do not depend on the device, and the planning machine may have no GPU).
+    The manifest does not depend on the device: a plan made on a CPU describes the same store as one
+    made on a GPU.
     """
     dataset = open_dataset(config.dataset, tile_size=config.encoder.tile_size, split_seed=config.split_seed)
     info = dataset.info
@@ -32,7 +52,12 @@ def planned_manifest(config: ExtractConfig, *, device: str = "cpu") -> Manifest:
     metas = dataset.metas()
     if not metas:
         raise DatasetError(f"{config.dataset}: the data set has no tiles")
-    encoder = FrozenEncoder(config.encoder, device=pick_device(device))
+    encoder = FrozenEncoder(config.encoder, device=pick_device(device or config.device))
     storage = StorageRecord(dtype=config.dtype, codec=config.codec, shard_tiles=config.shard_tiles,
                             views=VIEW_SETS[config.views])
-    return new_manifest(encoder.description, info, metas, storage)
+    return ExtractionPlan(config, dataset, metas, encoder, new_manifest(encoder.description, info, metas, storage))
+
+
+def planned_manifest(config: ExtractConfig, *, device: str = "cpu") -> Manifest:
+    """The manifest `run_extraction(config)` would write (its `created` time aside), without writing anything."""
+    return plan_extraction(config, device=device).manifest

@@ -173,7 +173,8 @@ def test_changed_encoder_setting_builds_a_new_store(grid, tmp_path):
 
 
 @pytest.mark.slow
-def test_stores_are_found_by_manifest_not_by_folder_name(grid, tmp_path, one_thread):
+def test_stores_are_found_by_manifest_not_by_folder_name(grid, tmp_path, one_thread, monkeypatch):
+    import featurestore.extract.plan as plan_module
     from decoder.compare.config import load_compare_config
     from decoder.compare.grid import expand
     from decoder.compare.stores import new_store_path, prepare_store
@@ -197,7 +198,16 @@ def test_stores_are_found_by_manifest_not_by_folder_name(grid, tmp_path, one_thr
     expected = new_store_path(impostors, conv, wanted)
     vit_store = next(p for p in out.glob("stores/*.zarr") if vit.layers in p.name and "vit_tiny" in p.name)
     shutil.copytree(vit_store, expected)  # the expected folder name, another encoder's manifest
+    built = []
+
+    class CountedEncoder(plan_module.FrozenEncoder):
+        def __init__(self, *args, **kwargs):
+            built.append(args[0].name)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(plan_module, "FrozenEncoder", CountedEncoder)
     outcome = prepare_store(conv, impostors, [], config.extract)
+    assert len(built) == 1  # planned and extracted with one encoder
     assert outcome.action == "built" and Path(outcome.path) != expected
     assert Path(outcome.path).name == expected.name.removesuffix(".zarr") + "-2.zarr"
     assert read_manifest(expected).encoder.name == "vit_tiny"
