@@ -29,22 +29,25 @@ StoreState = Literal["absent", "creating", "store", "other"]
 
 def store_state(path: Path) -> StoreState:
     """What is at `path`: nothing, a store cut short while being created, a cellgap store, or something else."""
-    path = Path(path)
+    return _inspect(Path(path))[0]
+
+
+def _inspect(path: Path) -> tuple[StoreState, Manifest | None]:
+    """The state of `path` and, for a store, its manifest, from one read of the group's attributes."""
     if not path.exists():
-        return "absent"
+        return "absent", None
     if not (path / "zarr.json").is_file():
-        return "other" if path.is_file() or any(path.iterdir()) else "absent"
+        return ("other" if path.is_file() or any(path.iterdir()) else "absent"), None
     try:
         attributes = open_group(str(path), mode="r").attrs.asdict()
     except (StoreError, FileNotFoundError):
-        return "other"
+        return "other", None
     if CREATING in attributes:
-        return "creating"
+        return "creating", None
     try:
-        parse_manifest(attributes, str(path))
+        return "store", parse_manifest(attributes, str(path))
     except StoreError:
-        return "other"
-    return "store"
+        return "other", None
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -65,12 +68,11 @@ def scan_stores(stores_root: Path) -> list[tuple[Path, Manifest]]:
         return []
     found = []
     for path in sorted(p for p in root.iterdir() if p.is_dir()):
-        if store_state(path) != "store":
-            continue
-        try:
-            found.append((path, read_manifest(path)))
-        except StoreError as error:
-            log.debug("skipping %s: %s", path, error)
+        state, manifest = _inspect(path)
+        if manifest is not None:
+            found.append((path, manifest))
+        else:
+            log.debug("skipping %s: %s", path, state)
     return found
 
 
