@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -182,3 +183,19 @@ def test_store_info_json(store6, capsys):
     assert info["manifest"]["encoder"]["name"] == "convnext_atto"
     assert main(["store", "info", str(store6)]) == 0
     assert "stage3" in capsys.readouterr().out
+
+
+def test_catalog_tells_stores_from_other_folders(tmp_path, store6):
+    from featurestore.store.catalog import scan_stores, store_state
+    from featurestore.store.writer import CREATING
+
+    shutil.copytree(store6, tmp_path / "b-store.zarr")
+    (tmp_path / "a-other").mkdir()
+    (tmp_path / "a-other" / "notes.txt").write_text("not a store")
+    half = tmp_path / "c-half.zarr"
+    shutil.copytree(store6, half)
+    group = zarr.open_group(str(half), mode="r+")
+    group.attrs[CREATING] = True
+    assert [store_state(tmp_path / n) for n in ("missing", "a-other", "b-store.zarr", "c-half.zarr")] == [
+        "absent", "other", "store", "creating"]
+    assert [(p.name, m.dataset.n_tiles) for p, m in scan_stores(tmp_path)] == [("b-store.zarr", 6)]
