@@ -124,8 +124,8 @@ class CoNICDataset:
         not take (float labels, non-uint8 images, values out of range) goes through the per-tile readers,
         which convert it or name the offending tile."""
         labels = np.asarray(self._labels[start:stop])
-        images = np.array(self._images[start:stop])  # a private copy: the encoder and the writer keep it
-        if np.can_cast(labels.dtype, np.int32) and images.dtype == np.uint8:  # integers that fit int32
+        images = np.array(self._images[start:stop], order="C")  # a private copy: the encoder and the writer keep it
+        if labels.dtype.kind in "iu" and np.can_cast(labels.dtype, np.int32) and images.dtype == np.uint8:
             instances = np.ascontiguousarray(labels[..., 0], dtype=np.int32)
             classes = np.ascontiguousarray(labels[..., 1])
             if instances.size == 0 or (instances.min() >= 0 and classes.min() >= 0 and classes.max() <= 255):

@@ -208,20 +208,37 @@ def _per_tile(dataset, start: int, stop: int):
     return [np.stack([getattr(t, field) for t in tiles]) for field in ("image", "instances", "classes")]
 
 
-@pytest.mark.parametrize("label_dtype", [np.int32, np.uint16, np.int64, np.float32])
-def test_conic_batch_read_equals_tile_reads(tmp_path, tiles4, label_dtype):
+@pytest.mark.parametrize(("label_dtype", "fast"), [(np.int32, True), (np.uint16, True), (np.int8, True),
+                                                   (np.int64, False), (np.uint32, False), (np.float32, False)])
+def test_conic_batch_read_equals_tile_reads(tmp_path, tiles4, label_dtype, fast, monkeypatch):
     from featurestore.datasets.base import read_tiles
+    from featurestore.datasets.conic import CoNICDataset
 
     root = write_conic(tmp_path / "conic", tiles4)
     labels = np.load(root / "labels.npy")
+    if label_dtype == np.int8:
+        labels = np.minimum(labels, 127)
     np.save(root / "labels.npy", labels.astype(label_dtype))  # wide and float labels take the per-tile path
+    images_file = np.load(root / "images.npy")
+    np.save(root / "images.npy", np.asfortranarray(images_file))  # a Fortran-ordered file still gives C-ordered tiles
     dataset = open_dataset(f"conic:{root}")
-    batch = read_tiles(dataset, 1, 4, 256)
     images, instances, classes = _per_tile(dataset, 1, 4)
+    if fast:  # the batch path must not fall back to per-tile reads for plain integer labels
+        monkeypatch.setattr(CoNICDataset, "__getitem__", lambda self, index: pytest.fail("per-tile fallback"))
+    batch = read_tiles(dataset, 1, 4, 256)
     assert batch.images.dtype == np.uint8 and batch.instances.dtype == np.int32 and batch.classes.dtype == np.uint8
     assert np.array_equal(batch.images, images) and np.array_equal(batch.instances, instances)
     assert np.array_equal(batch.classes, classes)
     assert batch.images.flags.c_contiguous and batch.instances.flags.c_contiguous
+
+
+def test_conic_boolean_labels_are_refused_in_batches_too(tmp_path, tiles4):
+    from featurestore.datasets.base import read_tiles
+
+    root = write_conic(tmp_path / "conic", tiles4)
+    np.save(root / "labels.npy", np.load(root / "labels.npy") > 0)
+    with pytest.raises(DatasetError, match=r"labels\.npy\[0\]: instance map must hold integer ids, got dtype bool"):
+        read_tiles(open_dataset(f"conic:{root}"), 0, 2, 256)
 
 
 def test_conic_batch_read_names_the_bad_tile(tmp_path, tiles4):
