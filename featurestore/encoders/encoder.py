@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from featurestore.encoders.layers import select_layers
-from featurestore.encoders.registry import EncoderPreset, resolve_preset, takes_dynamic_size
+from featurestore.encoders.registry import EncoderPreset, is_fixed_size_vit, resolve_preset, takes_dynamic_size
 from featurestore.encoders.weights import (
     load_state,
     package_weights_path,
@@ -97,8 +97,8 @@ def _build_kwargs(preset: EncoderPreset, image_size: int) -> dict[str, Any]:
     kwargs = _resolve_kwargs(preset.kwargs)
     if takes_dynamic_size(preset):
         kwargs["dynamic_img_size"] = True
-    elif preset.architecture.startswith("swin"):
-        kwargs["img_size"] = image_size  # Swin asserts its input side: build it for the resized tiles
+    elif preset.architecture.startswith("swin") or is_fixed_size_vit(preset):
+        kwargs["img_size"] = image_size  # these assert their input side: build them for it (timm resamples tables)
     return kwargs
 
 
@@ -209,8 +209,22 @@ class FrozenEncoder:
             size = (tile // 16) * patch
         if size % patch:
             raise EncoderError(f"--input-size {size} is not a multiple of the patch size {patch}")
-        same = native is not None and tuple(native) == (size, size)
-        return size, size != tile, "native" if same else f"interpolated from {tuple(native or ())} (dynamic_img_size)"
+        trained = tuple(int(v) for v in (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 0, 0))[1:])
+        if native is not None and tuple(native) != (size, size):
+            if not getattr(model, "dynamic_img_size", False):
+                raise EncoderError(f"{self.settings.name}: built for {tuple(native)} px inputs, which cannot take "
+                                   f"{size} px; pass --input-size {native[0]} (tiles are resized)")
+            return size, size != tile, f"interpolated from {tuple(native)} (dynamic_img_size)"
+        if trained and trained != (size, size):
+            return size, size != tile, f"built for {size} px (timm resamples position tables made for {trained})"
+        return size, size != tile, "native"
+
+    def to(self, device: torch.device | str) -> FrozenEncoder:
+        """Move the model to another device in place (a store planned on a CPU, extracted on a GPU)."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self._mean, self._std = self._mean.to(self.device), self._std.to(self.device)
+        return self
 
     @torch.inference_mode()
     def _probe_shapes(self) -> list[tuple[int, ...]]:

@@ -191,3 +191,12 @@ def takes_dynamic_size(preset: EncoderPreset) -> bool:
     from timm.models import is_model_in_modules
 
     return bool(is_model_in_modules(preset.architecture.split(".", 1)[0], DYNAMIC_SIZE_MODULES))
+
+
+def is_fixed_size_vit(preset: EncoderPreset) -> bool:
+    """A ViT that asserts its input side (BEiT, relative-position and SAM ViTs): built for the side it is fed."""
+    if not preset.architecture:
+        return False
+    from timm.models import is_model_in_modules
+
+    return bool(is_model_in_modules(preset.architecture.split(".", 1)[0], FIXED_SIZE_VIT_MODULES))
