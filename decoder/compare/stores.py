@@ -112,7 +112,8 @@ def prepare_store(job: StoreJob, stores_root: Path, extra_roots: list[Path], ext
     """Reuse a compatible store, resume a compatible partial one, or build a new one under `stores_root`."""
     started = time.perf_counter()
     config = job.extract_config("", extract, device=device, progress=progress)
-    plan = plan_extraction(config)  # the encoder is built once: for the manifest, and to extract if need be
+    # the encoder is built once, on the CPU as planning needs no GPU: for the manifest, and to extract if need be
+    plan = plan_extraction(config, device="cpu")
     wanted = plan.manifest
     found = None
     for root in [Path(stores_root), *map(Path, extra_roots)]:
@@ -127,7 +128,8 @@ def prepare_store(job: StoreJob, stores_root: Path, extra_roots: list[Path], ext
         target = found or new_store_path(stores_root, job, wanted)
         action = "resumed" if found is not None else "built"
         target.parent.mkdir(parents=True, exist_ok=True)
-        summary = run_plan(plan.with_store(str(target)))
+        plan = plan.with_store(str(target))  # the one reference: run_plan may hand the encoder to dask workers
+        summary = run_plan(plan)
         if summary.tiles_written:
             _write_cost_record(target, summary.tiles_total, summary.tiles_written, summary.seconds, config.device)
     record = read_cost_record(target) or {}

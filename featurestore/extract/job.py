@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from featurestore.encoders.encoder import pick_device
 from featurestore.extract.config import ExtractConfig
 from featurestore.extract.plan import ExtractionPlan, plan_extraction
 from featurestore.extract.shards import encode_shards
@@ -77,6 +78,9 @@ def run_plan(plan: ExtractionPlan) -> ExtractSummary:
         else:
             if plan.encoder is None:
                 raise ValueError("this plan's encoder was handed to dask workers; plan the extraction again")
+            device = pick_device(config.device)
+            if plan.encoder.device != device:
+                plan.encoder.to(device)  # planned on another device (compare plans on the CPU)
             written = encode_shards(plan.dataset, plan.encoder, writer, pending, config.batch_size, on_tiles=bar.update)
     seconds = time.perf_counter() - started
     writer.finalize()

@@ -174,7 +174,7 @@ def test_changed_encoder_setting_builds_a_new_store(grid, tmp_path):
 
 @pytest.mark.slow
 def test_stores_are_found_by_manifest_not_by_folder_name(grid, tmp_path, one_thread, monkeypatch):
-    import featurestore.extract.plan as plan_module
+    import featurestore.encoders.encoder as encoder_module
     from decoder.compare.config import load_compare_config
     from decoder.compare.grid import expand
     from decoder.compare.stores import new_store_path, prepare_store
@@ -199,13 +199,13 @@ def test_stores_are_found_by_manifest_not_by_folder_name(grid, tmp_path, one_thr
     vit_store = next(p for p in out.glob("stores/*.zarr") if vit.layers in p.name and "vit_tiny" in p.name)
     shutil.copytree(vit_store, expected)  # the expected folder name, another encoder's manifest
     built = []
+    construct = encoder_module.FrozenEncoder.__init__
 
-    class CountedEncoder(plan_module.FrozenEncoder):
-        def __init__(self, *args, **kwargs):
-            built.append(args[0].name)
-            super().__init__(*args, **kwargs)
+    def counted(self, settings, *args, **kwargs):
+        built.append(settings.name)
+        construct(self, settings, *args, **kwargs)
 
-    monkeypatch.setattr(plan_module, "FrozenEncoder", CountedEncoder)
+    monkeypatch.setattr(encoder_module.FrozenEncoder, "__init__", counted)  # every construction, wherever it is
     outcome = prepare_store(conv, impostors, [], config.extract)
     assert len(built) == 1  # planned and extracted with one encoder
     assert outcome.action == "built" and Path(outcome.path) != expected

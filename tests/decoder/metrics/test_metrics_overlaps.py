@@ -77,8 +77,11 @@ def test_overlap_table_matches_direct_counting(seed, dense, monkeypatch):
     pred[rng.random((9, 11)) < 0.3] = 0
     runs = compress(gt, pred)
     g, p = relabel_values(runs.sample(gt)), relabel_values(runs.sample(pred))
-    assert overlaps.uses_dense_table((g.count + 1) * (p.count + 1), runs.lengths.size) is dense
+    decisions = []
+    decide = overlaps.uses_dense_table
+    monkeypatch.setattr(overlaps, "uses_dense_table", lambda *args: decisions.append(decide(*args)) or decisions[-1])
     table = overlap_table(g.labels, g.count, p.labels, p.count, weights=runs.lengths)
+    assert decisions == [dense]  # the branch under test is the one taken
     got = {(int(g.ids[i]), int(p.ids[j])): int(n) for i, j, n in zip(table.pair_gt, table.pair_pred, table.pair_inter)}
     assert got == _direct(gt, pred)
     assert table.gt_area.tolist() == [int((gt == i).sum()) for i in g.ids]
