@@ -193,9 +193,21 @@ def _write_direct(path: Path, memory: np.ndarray, nbytes: int) -> bool:
 
 
 def _ensure_folder(folder: Path) -> None:
-    """Create a shard's folder on first use; a stat is far cheaper than a mkdir that fails on every shard."""
-    if not os.path.isdir(folder):
-        folder.mkdir(parents=True, exist_ok=True)
+    """Create a shard's folder on first use (a stat is far cheaper than a mkdir that fails on every shard).
+
+    Folders made here are made durable in their parents at once: the writer fsyncs only each file's own
+    folder, and stores with nested chunk keys (c/3/0/0) create several levels for a new shard.
+    """
+    if os.path.isdir(folder):
+        return
+    missing = []
+    parent = folder
+    while not os.path.isdir(parent):
+        missing.append(parent)
+        parent = parent.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for created in reversed(missing):
+        fsync_folder(created.parent)
 
 
 def _refused(path: Path, temporary: Path) -> bool:

@@ -208,3 +208,18 @@ def test_a_writer_failing_mid_run_ends_the_extraction_with_its_error(tmp_path, m
     assert outcome and "No space left" in str(outcome[0])
     done = open_store(str(tmp_path / "s.zarr")).done
     assert done[: 2 * fail_at].all() and not done[2 * fail_at : 2 * fail_at + 2].any()
+
+
+def test_new_nested_folders_are_made_durable_in_their_parents(tmp_path, monkeypatch):
+    """Nested chunk keys (c/3/0/0, stores made before the flat keys) create several folders for a new shard;
+    each is fsynced in its parent, since the writer later fsyncs only the shard file's own folder."""
+    synced = []
+    monkeypatch.setattr(shardfile, "fsync_folder", lambda folder: synced.append(Path(folder)))
+    (tmp_path / "a").mkdir()
+    layout = shardfile.ShardLayout(shard_tiles=2, tile_shape=(3,), dtype=np.dtype("<f4"), zstd_level=None)
+    target = tmp_path / "a" / "c" / "3" / "0" / "shard"
+    write_shard_file(target, layout, np.ones((2, 3), np.float32))
+    assert synced == [tmp_path / "a", tmp_path / "a" / "c", tmp_path / "a" / "c" / "3"]
+    synced.clear()
+    write_shard_file(tmp_path / "a" / "c" / "3" / "0" / "other", layout, np.ones((2, 3), np.float32))
+    assert synced == []  # existing folders cost one stat, no fsync
