@@ -209,14 +209,15 @@ class FrozenEncoder:
             size = (tile // 16) * patch
         if size % patch:
             raise EncoderError(f"--input-size {size} is not a multiple of the patch size {patch}")
-        trained = tuple(int(v) for v in (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 0, 0))[1:])
         if native is not None and tuple(native) != (size, size):
             if not getattr(model, "dynamic_img_size", False):
                 raise EncoderError(f"{self.settings.name}: built for {tuple(native)} px inputs, which cannot take "
                                    f"{size} px; pass --input-size {native[0]} (tiles are resized)")
             return size, size != tile, f"interpolated from {tuple(native)} (dynamic_img_size)"
-        if trained and trained != (size, size):
-            return size, size != tile, f"built for {size} px (timm resamples position tables made for {trained})"
+        trained = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")  # (3, H, W) of the checkpoint
+        if trained and tuple(trained[1:]) != (size, size):
+            return size, size != tile, (f"built for {size} px (timm resamples position tables made for "
+                                        f"{tuple(trained[1:])})")
         return size, size != tile, "native"
 
     def to(self, device: torch.device | str) -> FrozenEncoder:

@@ -176,11 +176,16 @@ DYNAMIC_SIZE_MODULES: tuple[str, ...] = ("vision_transformer", "vision_transform
 FIXED_SIZE_VIT_MODULES: tuple[str, ...] = ("beit", "vision_transformer_relpos", "vision_transformer_sam")
 
 
-def _is_vit(architecture: str) -> bool:
-    """Plain ViTs by the timm module that defines them (flexivit, deit3, eva02... included), not by name."""
+def _defined_in(architecture: str, modules: tuple[str, ...]) -> bool:
+    """Whether a timm architecture (a pretrained tag after '.' allowed) comes from one of these modules."""
     from timm.models import is_model_in_modules
 
-    return bool(is_model_in_modules(architecture, DYNAMIC_SIZE_MODULES + FIXED_SIZE_VIT_MODULES))
+    return bool(architecture) and bool(is_model_in_modules(architecture.split(".", 1)[0], modules))
+
+
+def _is_vit(architecture: str) -> bool:
+    """Plain ViTs by the timm module that defines them (flexivit, deit3, eva02... included), not by name."""
+    return _defined_in(architecture, DYNAMIC_SIZE_MODULES + FIXED_SIZE_VIT_MODULES)
 
 
 def takes_dynamic_size(preset: EncoderPreset) -> bool:
@@ -188,15 +193,9 @@ def takes_dynamic_size(preset: EncoderPreset) -> bool:
     its preset's word (the hub's pathology encoders are timm ViTs)."""
     if not preset.architecture:
         return preset.family == "vit"
-    from timm.models import is_model_in_modules
-
-    return bool(is_model_in_modules(preset.architecture.split(".", 1)[0], DYNAMIC_SIZE_MODULES))
+    return _defined_in(preset.architecture, DYNAMIC_SIZE_MODULES)
 
 
 def is_fixed_size_vit(preset: EncoderPreset) -> bool:
     """A ViT that asserts its input side (BEiT, relative-position and SAM ViTs): built for the side it is fed."""
-    if not preset.architecture:
-        return False
-    from timm.models import is_model_in_modules
-
-    return bool(is_model_in_modules(preset.architecture.split(".", 1)[0], FIXED_SIZE_VIT_MODULES))
+    return _defined_in(preset.architecture, FIXED_SIZE_VIT_MODULES)
