@@ -110,13 +110,13 @@ def read_tiles(dataset: TileDataset, start: int, stop: int, tile_size: int) -> T
     """Tiles start..stop-1 stacked, each checked to be (tile_size, tile_size, 3).
 
     Readers backed by one array offer `read_batch` (a slice instead of per-tile copies and checks,
-    which a small CPU encoder would otherwise wait on); others are read tile by tile. Untyped
-    labels come back with `classes` None, as from a single tile.
+    which a small CPU encoder would otherwise wait on; None where it does not apply); others are
+    read tile by tile. Untyped labels come back with `classes` None, as from a single tile.
     """
     expected = (tile_size, tile_size, 3)
     batch_reader = getattr(dataset, "read_batch", None)
-    if batch_reader is not None:
-        batch = batch_reader(start, stop)
+    batch = batch_reader(start, stop) if batch_reader is not None else None
+    if batch is not None:
         if batch.images.shape[1:] != expected:
             raise DatasetError(f"tile {dataset.metas()[start].name}: image is {batch.images.shape[1:]}, "
                                f"expected {expected}")

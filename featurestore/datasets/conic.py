@@ -119,21 +119,19 @@ class CoNICDataset:
         image = to_rgb_uint8(np.asarray(self._images[index]), f"{self.root / 'images.npy'}[{index}]")
         return Tile(image=image, instances=instances, classes=classes, meta=self.metas_cached[index])
 
-    def read_batch(self, start: int, stop: int) -> TileBatch:
-        """Tiles start..stop-1 from one slice of each array, checked batch-wide. Anything the fast path does
-        not take (float labels, non-uint8 images, values out of range) goes through the per-tile readers,
-        which convert it or name the offending tile."""
+    def read_batch(self, start: int, stop: int) -> TileBatch | None:
+        """Tiles start..stop-1 from one slice of each array, checked batch-wide; None for anything this fast
+        path does not take (float or wide labels, non-uint8 images, values out of range), which `read_tiles`
+        then reads tile by tile, converting it or naming the offending tile."""
         labels = np.asarray(self._labels[start:stop])
         images = np.array(self._images[start:stop], order="C")  # a private copy: the encoder and the writer keep it
-        if labels.dtype.kind in "iu" and np.can_cast(labels.dtype, np.int32) and images.dtype == np.uint8:
-            instances = np.ascontiguousarray(labels[..., 0], dtype=np.int32)
-            classes = np.ascontiguousarray(labels[..., 1])
-            if instances.size == 0 or (instances.min() >= 0 and classes.min() >= 0 and classes.max() <= 255):
-                return TileBatch(images=images, instances=instances,
-                                 classes=classes.astype(np.uint8, copy=False))
-        tiles = [self[i] for i in range(start, stop)]
-        return TileBatch(images=np.stack([t.image for t in tiles]), instances=np.stack([t.instances for t in tiles]),
-                         classes=np.stack([t.classes for t in tiles]))
+        if not (labels.dtype.kind in "iu" and np.can_cast(labels.dtype, np.int32) and images.dtype == np.uint8):
+            return None
+        instances = np.ascontiguousarray(labels[..., 0], dtype=np.int32)
+        classes = np.ascontiguousarray(labels[..., 1])
+        if instances.size and (instances.min() < 0 or classes.min() < 0 or classes.max() > 255):
+            return None
+        return TileBatch(images=images, instances=instances, classes=classes.astype(np.uint8, copy=False))
 
     def labelled(self, index: int) -> LabelledImage:
         instances, classes = self._label_pair(index)
