@@ -57,8 +57,8 @@ class ShardData:
     images: list[np.ndarray]
     instances: list[np.ndarray] | None
     classes: list[np.ndarray] | None
+    hashes: list[np.ndarray]  # pixel_hashes of each image part, taken by the reader while the tiles are cached
     features: dict[tuple[str, str], list[np.ndarray] | FeatureShard] = field(default_factory=dict)
-    hashes: list[np.ndarray] | None = None  # pixel_hashes of each image part, where the reader already has them
 
     @property
     def n_tiles(self) -> int:
@@ -66,8 +66,7 @@ class ShardData:
 
     @property
     def pixel_sha256(self) -> np.ndarray:
-        parts = self.hashes if self.hashes is not None else [pixel_hashes(part) for part in self.images]
-        return np.concatenate(parts)
+        return np.concatenate(self.hashes)
 
 
 def pixel_hashes(images: np.ndarray) -> np.ndarray:
