@@ -57,7 +57,3 @@ def plan_extraction(config: ExtractConfig, *, device: str | None = None) -> Extr
                             views=VIEW_SETS[config.views])
     return ExtractionPlan(config, dataset, metas, encoder, new_manifest(encoder.description, info, metas, storage))
 
-
-def planned_manifest(config: ExtractConfig, *, device: str = "cpu") -> Manifest:
-    """The manifest `run_extraction(config)` would write (its `created` time aside), without writing anything."""
-    return plan_extraction(config, device=device).manifest

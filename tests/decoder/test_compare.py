@@ -178,14 +178,14 @@ def test_stores_are_found_by_manifest_not_by_folder_name(grid, tmp_path, one_thr
     from decoder.compare.config import load_compare_config
     from decoder.compare.grid import expand
     from decoder.compare.stores import new_store_path, prepare_store
-    from featurestore.extract.plan import planned_manifest
+    from featurestore.extract.plan import plan_extraction
     from featurestore.store.catalog import find_compatible, read_manifest
 
     out, _ = grid
     config = load_compare_config(CONFIG)
     jobs = expand(config).stores
     conv, vit = jobs[0], jobs[2]
-    wanted = planned_manifest(conv.extract_config("", config.extract))
+    wanted = plan_extraction(conv.extract_config("", config.extract), device="cpu").manifest
     original = find_compatible(out / "stores", wanted)
     assert original is not None
 
