@@ -16,12 +16,12 @@ from decoder.metrics.overlaps import Relabelled
 from decoder.metrics.runs import Runs
 
 RADIUS_AT_MAGNIFICATION: dict[int, float] = {40: 12.0, 20: 6.0}  # pixels, as in HoVer-Net's evaluation
+F_C_WEIGHTS: tuple[int, int, int, int] = (2, 2, 1, 1)  # paired FP, paired FN, unpaired FP, unpaired FN
 
 
 def radius_at(magnification: int | None) -> float:
     """Detection pairing radius in pixels for a magnification (40x when unknown)."""
     return RADIUS_AT_MAGNIFICATION.get(magnification or 40, 12.0)
-F_C_WEIGHTS: tuple[int, int, int, int] = (2, 2, 1, 1)  # paired FP, paired FN, unpaired FP, unpaired FN
 
 
 def centroids(instances: Relabelled, runs: Runs, areas: np.ndarray) -> np.ndarray:
