@@ -125,7 +125,11 @@ class CoNICDataset:
         then reads tile by tile, converting it or naming the offending tile."""
         labels = np.asarray(self._labels[start:stop])
         images = np.array(self._images[start:stop], order="C")  # a private copy: the encoder and the writer keep it
-        if not (labels.dtype.kind in "iu" and np.can_cast(labels.dtype, np.int32) and images.dtype == np.uint8):
+        if images.dtype != np.uint8:
+            return None
+        if labels.dtype == np.dtype("<i4") and labels.flags.c_contiguous:
+            return _int32_pairs(labels, images)
+        if not (labels.dtype.kind in "iu" and np.can_cast(labels.dtype, np.int32)):
             return None
         instances = np.ascontiguousarray(labels[..., 0], dtype=np.int32)
         classes = np.ascontiguousarray(labels[..., 1])
@@ -140,3 +144,16 @@ class CoNICDataset:
 
     def __getstate__(self) -> dict:
         return {"root": self.root, "split_seed": self.split_seed, "_need_images": self._need_images}
+
+
+# In a little-endian int32 (instance, class) pair read as one uint64, the instance's sign bit and every
+# class bit above the lowest byte: any of them set means a negative instance or a class outside 0..255.
+_OUT_OF_RANGE_BITS = 0xFFFFFF00_80000000
+
+
+def _int32_pairs(labels: np.ndarray, images: np.ndarray) -> TileBatch | None:
+    """The common CoNIC labels (little-endian int32) checked in one pass over the pairs and split with one
+    strided copy each, instead of a copy, a cast and three reductions (this runs beside a CPU encoder)."""
+    if labels.size and int(np.bitwise_or.reduce(labels.view("<u8"), axis=None)) & _OUT_OF_RANGE_BITS:
+        return None
+    return TileBatch(images=images, instances=labels[..., 0].copy(), classes=labels.view(np.uint8)[..., 4].copy())

@@ -259,6 +259,42 @@ def test_conic_batch_read_names_the_bad_tile(tmp_path, tiles4):
         read_tiles(open_dataset(f"conic:{root}"), 0, 4, 256)
 
 
+@pytest.mark.parametrize(("instance", "cls", "error"), [
+    (2**31 - 1, 255, None),  # the largest valid values stay on the one-pass path
+    (7, 256, r"labels\.npy\[2\]: class ids must lie in 0\.\.255"),
+    (7, -1, r"labels\.npy\[2\]: class ids must lie in 0\.\.255"),
+    (-1, 1, r"labels\.npy\[2\]: instance ids must lie"),
+])
+def test_conic_int32_pairs_check_every_bit(tmp_path, tiles4, instance, cls, error, monkeypatch):
+    from featurestore.datasets.base import read_tiles
+    from featurestore.datasets.conic import CoNICDataset
+
+    root = write_conic(tmp_path / "conic", tiles4)
+    labels = np.load(root / "labels.npy").astype("<i4")
+    labels[2, 9, 9] = (instance, cls)
+    np.save(root / "labels.npy", labels)
+    dataset = open_dataset(f"conic:{root}")
+    if error is not None:
+        with pytest.raises(DatasetError, match=error):
+            read_tiles(dataset, 1, 4, 256)
+        return
+    monkeypatch.setattr(CoNICDataset, "__getitem__", lambda self, index: pytest.fail("per-tile fallback"))
+    batch = read_tiles(dataset, 1, 4, 256)
+    assert batch.instances[1, 9, 9] == instance and batch.classes[1, 9, 9] == cls
+    assert np.array_equal(batch.instances, labels[1:4, ..., 0]) and np.array_equal(batch.classes, labels[1:4, ..., 1])
+
+
+def test_conic_big_endian_labels_read_alike(tmp_path, tiles4):
+    from featurestore.datasets.base import read_tiles
+
+    root = write_conic(tmp_path / "conic", tiles4)
+    labels = np.load(root / "labels.npy")
+    np.save(root / "labels.npy", labels.astype(">i4"))
+    batch = read_tiles(open_dataset(f"conic:{root}"), 0, 4, 256)
+    assert np.array_equal(batch.instances, labels[..., 0]) and np.array_equal(batch.classes, labels[..., 1])
+    assert batch.instances.dtype == np.int32 and batch.classes.dtype == np.uint8
+
+
 def test_batch_read_checks_tile_size(tmp_path, tiles4):
     from featurestore.datasets.base import read_tiles
 
