@@ -20,7 +20,7 @@ from featurestore.datasets.base import TileDataset, read_tiles
 from featurestore.encoders.encoder import FrozenEncoder
 from featurestore.store import layout
 from featurestore.store.quantize import quantize_int8_into
-from featurestore.store.writer import FeatureShard, ShardData, StoreWriter, pixel_hashes
+from featurestore.store.writer import FeatureShard, ShardData, StoreWriter, new_io_pool, pixel_hashes
 from featurestore.views import apply_view
 
 log = logging.getLogger(__name__)
@@ -104,10 +104,11 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
             if item is _STOP:
                 return
             data = _assemble(*item)
-            writer.write_shard(data)
+            writer.write_shard(data, io)
             with count_lock:
                 written[0] += data.n_tiles
 
+    io = new_io_pool(n_writers)
     reader = _Worker(read, "cellgap-reader")
     writer_threads_ = [_Worker(write, f"cellgap-writer-{i}") for i in range(n_writers)]
     reader.start()
@@ -183,6 +184,7 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
         stop.set()
         _drain(loaded)
         _stop_writers(finished, writer_threads_)
+        io.shutdown()
         reader.join(timeout=5)
     for thread in writer_threads_:
         if thread.error is not None:

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import shutil
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +78,11 @@ def pixel_hashes(images: np.ndarray) -> np.ndarray:
     return out
 
 
+def new_io_pool(writers: int = 1) -> ThreadPoolExecutor:
+    """Threads for the array writes of `writers` shards written at once (see `StoreWriter.write_shard`)."""
+    return ThreadPoolExecutor(max_workers=_IO_THREADS * writers, thread_name_prefix="cellgap-io")
+
+
 def pixel_fingerprint(hashes: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(hashes).tobytes()).hexdigest()
 
@@ -135,7 +140,13 @@ class StoreWriter:
         n_tiles = len(layout.shard_range(shard, self.n_tiles, self.shard_tiles))
         return FeatureShard(self._buffers.take(values, n_tiles), self._buffers.take(scales, n_tiles) if int8 else None)
 
-    def write_shard(self, data: ShardData) -> None:
+    def write_shard(self, data: ShardData, io: Executor | None = None) -> None:
+        """Write, fsync and mark done one whole shard. `io` runs its array writes in parallel (a pool kept for
+        the whole job saves starting threads per shard); without one, a pool lives for this shard only."""
+        if io is None:
+            with new_io_pool() as pool:
+                self.write_shard(data, pool)
+            return
         tiles = layout.shard_range(data.shard, self.n_tiles, self.shard_tiles)
         if data.n_tiles != len(tiles):
             raise StoreError(f"shard {data.shard}: {data.n_tiles} tiles given, {len(tiles)} expected")
@@ -158,10 +169,9 @@ class StoreWriter:
                 values[layout.feature_path(layer.name, view)] = [stored for stored, _ in encoded]
                 if self.manifest.storage.dtype == "int8":
                     values[layout.scale_path(layer.name, view)] = [scale for _, scale in encoded]
-        with ThreadPoolExecutor(max_workers=_IO_THREADS, thread_name_prefix="cellgap-io") as pool:
-            # arrays in parallel: their writes and fsyncs wait on the disk, not on the CPU
-            list(pool.map(lambda item: self._write(item[0], data.shard, item[1]), values.items()))
-            self._sync(list(values), data.shard, pool)
+        # arrays in parallel: their writes and fsyncs wait on the disk, not on the CPU
+        list(io.map(lambda item: self._write(item[0], data.shard, item[1]), values.items()))
+        self._sync(list(values), data.shard, io)
         self._write(layout.DONE, data.shard, [np.ones(len(tiles), np.uint8)])
         self._sync([layout.DONE], data.shard)
         for written in values.values():
@@ -184,7 +194,7 @@ class StoreWriter:
         tiles = layout.shard_range(shard, self.n_tiles, self.shard_tiles)
         array[tiles.start : tiles.stop] = values
 
-    def _sync(self, paths: Sequence[str], shard: int, pool: ThreadPoolExecutor | None = None) -> None:
+    def _sync(self, paths: Sequence[str], shard: int, pool: Executor | None = None) -> None:
         """Make a shard's files and the folders they were renamed into durable (local stores only)."""
         if self._root is None:
             return  # object stores make each write durable and atomic on their own

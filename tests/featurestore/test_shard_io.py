@@ -186,11 +186,11 @@ def test_a_writer_failing_mid_run_ends_the_extraction_with_its_error(tmp_path, m
 
     real_write = StoreWriter.write_shard
 
-    def failing(self, data):
+    def failing(self, data, io=None):
         time.sleep(0.2)  # the encoder fills the queue meanwhile
         if data.shard == fail_at:
             raise OSError(28, "No space left on device")
-        real_write(self, data)
+        real_write(self, data, io)
 
     monkeypatch.setattr(StoreWriter, "write_shard", failing)
     outcome: list[BaseException] = []
