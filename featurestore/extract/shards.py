@@ -36,11 +36,11 @@ class LoadedBatch:
     images: np.ndarray
     instances: np.ndarray | None
     classes: np.ndarray | None
-    hashes: np.ndarray  # pixel sha256 per tile
+    hashes: np.ndarray  # pixel hash per tile
 
 
 def iter_batches(dataset: TileDataset, shards: Sequence[int], shard_tiles: int, batch_size: int,
-                 tile_size: int) -> Iterator[LoadedBatch]:
+                 tile_size: int, pixel_hash: str) -> Iterator[LoadedBatch]:
     n_tiles = len(dataset)
     for shard in shards:
         tiles = layout.shard_range(shard, n_tiles, shard_tiles)
@@ -48,7 +48,7 @@ def iter_batches(dataset: TileDataset, shards: Sequence[int], shard_tiles: int, 
         for position, start in enumerate(starts):
             batch = read_tiles(dataset, start, min(start + batch_size, tiles.stop), tile_size)
             yield LoadedBatch(shard, position == 0, position == len(starts) - 1, batch.images, batch.instances,
-                              batch.classes, pixel_hashes(batch.images))
+                              batch.classes, pixel_hashes(batch.images, pixel_hash))
 
 
 class _Worker(threading.Thread):
@@ -86,7 +86,8 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
 
     def read() -> None:
         try:
-            for batch in iter_batches(dataset, shards, storage.shard_tiles, batch_size, tile_size):
+            for batch in iter_batches(dataset, shards, storage.shard_tiles, batch_size, tile_size,
+                                      writer.manifest.pixel_hash):
                 while not stop.is_set():
                     try:
                         loaded.put(batch, timeout=0.2)

@@ -10,7 +10,7 @@ from featurestore.store.reader import FeatureStore
 
 def _array_paths(store: FeatureStore) -> list[str]:
     paths = [layout.IMAGE, layout.INSTANCES, layout.CLASSES, layout.NAME, layout.SOURCE, layout.TISSUE, layout.SPLIT,
-             layout.ORIGIN, layout.PIXEL_SHA256, layout.DONE]
+             layout.ORIGIN, layout.pixel_hash_path(store.manifest.pixel_hash), layout.DONE]
     for view in store.views:
         for name in store.manifest.layer_names:
             paths.append(layout.feature_path(name, view))

@@ -14,6 +14,7 @@ from featurestore.errors import ManifestMismatchError, StoreError
 from featurestore.version import cellgap_version
 
 SCHEMA_VERSION = 1
+PIXEL_HASH = "xxh3_128"  # what new stores hash each tile's pixels with (see layout.PIXEL_HASH_BYTES)
 ATTRIBUTE = "cellgap"
 
 
@@ -49,7 +50,8 @@ class Manifest(BaseModel):
     encoder: EncoderDescription
     dataset: DatasetRecord
     storage: StorageRecord
-    pixels_sha256: str | None = None  # over all tiles' pixel hashes, set when the store is complete
+    pixels_sha256: str | None = None  # sha256 over all tiles' pixel hashes, set when the store is complete
+    pixel_hash: Literal["sha256", "xxh3_128"] = "sha256"  # per-tile hash; manifests without it predate xxh3
 
     @property
     def layer_names(self) -> list[str]:
@@ -72,7 +74,7 @@ def new_manifest(encoder: EncoderDescription, info: DatasetInfo, metas: Sequence
     )
     return Manifest(schema_version=SCHEMA_VERSION, cellgap_version=cellgap_version(),
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"), encoder=encoder,
-                    dataset=dataset, storage=storage)
+                    dataset=dataset, storage=storage, pixel_hash=PIXEL_HASH)
 
 
 def parse_manifest(attributes: dict[str, Any], where: str) -> Manifest:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import xxhash
 import zarr
 
 from featurestore.datasets.base import TileMeta
@@ -65,16 +66,23 @@ class ShardData:
         return sum(len(part) for part in self.images)
 
     @property
-    def pixel_sha256(self) -> np.ndarray:
+    def tile_hashes(self) -> np.ndarray:
         return np.concatenate(self.hashes)
 
 
-def pixel_hashes(images: np.ndarray) -> np.ndarray:
-    """sha256 of each tile's pixels, (n, 32) uint8. Cheapest right after the tiles were read, while their
-    bytes are still in the cache."""
-    out = np.empty((len(images), 32), np.uint8)
+_DIGESTS: dict[str, Callable[[memoryview], bytes]] = {
+    "sha256": lambda data: hashlib.sha256(data).digest(),
+    "xxh3_128": xxhash.xxh3_128_digest,  # canonical (big-endian) bytes: its hex is xxh3_128_hexdigest
+}
+
+
+def pixel_hashes(images: np.ndarray, algorithm: str) -> np.ndarray:
+    """Each tile's pixel hash, (n, bytes) uint8. Cheapest right after the tiles were read, while their bytes
+    are still in the cache."""
+    digest = _DIGESTS[algorithm]
+    out = np.empty((len(images), layout.PIXEL_HASH_BYTES[algorithm]), np.uint8)
     for row, image in enumerate(images):
-        out[row] = np.frombuffer(hashlib.sha256(np.ascontiguousarray(image).data).digest(), np.uint8)
+        out[row] = np.frombuffer(digest(np.ascontiguousarray(image).data), np.uint8)
     return out
 
 
@@ -96,7 +104,8 @@ class StoreWriter:
         self.shard_tiles = manifest.storage.shard_tiles
         self._root = local_root(group)
         self._arrays: dict[str, zarr.Array] = {}  # each lookup reads metadata through zarr's event loop thread
-        for path in [*_sharded_paths(manifest), layout.DONE, layout.PIXEL_SHA256]:
+        self._hash_path = layout.pixel_hash_path(manifest.pixel_hash)
+        for path in [*_sharded_paths(manifest), layout.DONE, self._hash_path]:
             try:
                 self._arrays[path] = group[path]
             except KeyError:  # e.g. no label arrays in an inference-only store, no scales without int8
@@ -106,7 +115,7 @@ class StoreWriter:
             found = shard_layout(array)
             if found is not None:
                 self._layouts[path] = found
-        self._raw_chunked = {p for p in (layout.DONE, layout.PIXEL_SHA256) if p in self._arrays
+        self._raw_chunked = {p for p in (layout.DONE, self._hash_path) if p in self._arrays
                              and is_raw_chunked(self._arrays[p])}
         self._buffers = ShardBufferPool()
 
@@ -151,7 +160,7 @@ class StoreWriter:
         if data.n_tiles != len(tiles):
             raise StoreError(f"shard {data.shard}: {data.n_tiles} tiles given, {len(tiles)} expected")
         values: dict[str, list[np.ndarray] | ShardBuffer] = {layout.IMAGE: data.images,
-                                                            layout.PIXEL_SHA256: [data.pixel_sha256]}
+                                                            self._hash_path: [data.tile_hashes]}
         if self.manifest.dataset.has_labels:
             if data.instances is None or data.classes is None:
                 raise StoreError(f"shard {data.shard}: labels missing for a labelled data set")
@@ -208,7 +217,7 @@ class StoreWriter:
         """Record the pixel fingerprint once every tile is done; returns the (possibly updated) manifest."""
         if not self.done_mask().all() or self.manifest.pixels_sha256 is not None:
             return self.manifest
-        hashes = np.asarray(self.group[layout.PIXEL_SHA256][:])
+        hashes = np.asarray(self.group[self._hash_path][:])
         self.manifest = self.manifest.model_copy(update={"pixels_sha256": pixel_fingerprint(hashes)})
         self.group.attrs[ATTRIBUTE] = self.manifest.model_dump(mode="json")
         return self.manifest
@@ -238,7 +247,8 @@ def create_store(location: str, manifest: Manifest, metas: Sequence[TileMeta]) -
     group = open_group(location, mode="w")
     group.attrs[CREATING] = True
     shard_tiles = manifest.storage.shard_tiles
-    specs = layout.tile_arrays(len(metas), manifest.dataset.tile_size, manifest.dataset.has_labels)
+    specs = layout.tile_arrays(len(metas), manifest.dataset.tile_size, manifest.dataset.has_labels,
+                               manifest.pixel_hash)
     layers = [(l.name, l.channels, l.height, l.width) for l in manifest.encoder.layers]
     specs += layout.feature_arrays(len(metas), layers, manifest.storage.dtype, manifest.storage.codec,
                                    manifest.storage.views)

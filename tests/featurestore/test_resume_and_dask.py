@@ -39,7 +39,7 @@ def assert_same_store(a: Path, b: Path) -> None:
         assert np.array_equal(one.read_stored_features(indices, layer)[0], two.read_stored_features(indices, layer)[0])
     skip = {"created"}
     assert one.manifest.model_dump(exclude=skip) == two.manifest.model_dump(exclude=skip)
-    for path in ("meta/name", "meta/split", "meta/pixel_sha256", "meta/origin"):
+    for path in ("meta/name", "meta/split", "meta/pixel_xxh3_128", "meta/origin"):
         assert np.array_equal(np.asarray(one.group[path][:]), np.asarray(two.group[path][:]))
 
 

@@ -78,11 +78,49 @@ def test_our_shard_files_and_zarr_python_agree(store6):
         assert np.array_equal(tile_array.read(indices), np.asarray(group[path][:])[indices]), path
 
 
-def test_pixel_hashes_are_sha256_of_each_tile(store6, conic_dir):
-    import hashlib
+def test_pixel_hashes_are_xxh3_of_each_tile(store6, conic_dir):
+    import xxhash
 
     images = np.load(conic_dir / "images.npy")
-    stored = np.asarray(zarr.open_group(str(store6), mode="r")["meta/pixel_sha256"][:])
+    group = zarr.open_group(str(store6), mode="r")
+    stored = np.asarray(group["meta/pixel_xxh3_128"][:])
+    assert open_store(str(store6)).manifest.pixel_hash == "xxh3_128" and "meta/pixel_sha256" not in group
+    assert [bytes(row).hex() for row in stored] == [xxhash.xxh3_128_hexdigest(image.tobytes()) for image in images]
+
+
+def test_a_store_written_with_sha256_keeps_hashing_with_sha256_when_resumed(tmp_path, conic_dir, monkeypatch):
+    """Stores from before xxh3 (no `pixel_hash` in the manifest) hold sha256; a resumed run adds sha256 rows."""
+    import hashlib
+
+    from featurestore.extract.job import run_plan
+    from featurestore.extract.plan import plan_extraction
+    from featurestore.store.writer import StoreWriter
+
+    config = ExtractConfig(dataset=f"conic:{conic_dir}", store=str(tmp_path / "old.zarr"), shard_tiles=2,
+                           encoder=EncoderSettings(name="convnext_atto", pretrained=False), progress=False)
+    plan = plan_extraction(config)
+    plan.manifest = plan.manifest.model_copy(update={"pixel_hash": "sha256"})
+    real_write = StoreWriter.write_shard
+    calls = []
+
+    def first_shard_only(self, data, io=None):
+        calls.append(data.shard)
+        if len(calls) == 1:
+            real_write(self, data, io)
+
+    monkeypatch.setattr(StoreWriter, "write_shard", first_shard_only)
+    run_plan(plan)  # only one shard reaches the disk: an interrupted older run
+    monkeypatch.undo()
+    group = zarr.open_group(config.store, mode="r+")
+    attributes = group.attrs[ATTRIBUTE]
+    del attributes["pixel_hash"]  # as an older cellgap wrote it
+    group.attrs[ATTRIBUTE] = attributes
+    assert int(np.asarray(group["done"][:]).sum()) == 2
+    run_extraction(config)
+    store = open_store(config.store)
+    assert store.done.all() and store.manifest.pixel_hash == "sha256" and store.manifest.pixels_sha256 is not None
+    images = np.load(conic_dir / "images.npy")
+    stored = np.asarray(zarr.open_group(config.store, mode="r")["meta/pixel_sha256"][:])
     assert [bytes(row).hex() for row in stored] == [hashlib.sha256(image.tobytes()).hexdigest() for image in images]
 
 
