@@ -132,6 +132,10 @@ class FeatureStore:
         names, counts = np.unique(self.splits[self.done], return_counts=True)
         return {str(n) or "unsplit": int(c) for n, c in zip(names, counts)}
 
+    @cached_property
+    def _layers(self) -> frozenset[str]:
+        return frozenset(self.manifest.layer_names)  # checked on every read: the manifest builds a list each time
+
     def _tile_array(self, path: str) -> TileArray:
         cache = self.__dict__.setdefault("_arrays", {})
         if path not in cache:
@@ -149,7 +153,7 @@ class FeatureStore:
 
     def read_features(self, indices: np.ndarray, layer: str, view: str = "identity", dtype: str = "float32") -> np.ndarray:
         """(B,C,h,w) features of one layer; int8 stores are dequantised with their scales."""
-        if layer not in self.manifest.layer_names:
+        if layer not in self._layers:
             raise StoreError(f"{self.location}: no layer {layer!r} (has {', '.join(self.manifest.layer_names)})")
         if view not in self.views:
             raise StoreError(f"{self.location}: no view {view!r} (has {', '.join(self.views)})")
@@ -163,7 +167,7 @@ class FeatureStore:
     def read_stored_features(self, indices: np.ndarray, layer: str, view: str = "identity"
                              ) -> tuple[np.ndarray, np.ndarray | None]:
         """Stored values and, for int8, their (B,C) scales: lets a GPU loader dequantise on the device."""
-        if layer not in self.manifest.layer_names or view not in self.views:
+        if layer not in self._layers or view not in self.views:
             raise StoreError(f"{self.location}: no layer {layer!r} in view {view!r}")
         indices = np.asarray(indices)
         values = self._tile_array(layout.feature_path(layer, view)).read(indices)

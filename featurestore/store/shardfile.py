@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import mmap
 import os
 import struct
@@ -47,7 +48,7 @@ class ShardLayout:
 
     @property
     def tile_bytes(self) -> int:
-        return int(np.prod(self.tile_shape)) * np.dtype(self.dtype).itemsize
+        return math.prod(self.tile_shape) * np.dtype(self.dtype).itemsize  # math, not numpy: read per batch
 
 
 class ShardBuffer:
@@ -259,7 +260,7 @@ class ShardFileReader:
         self._lock = threading.Lock()
         self._zstd = Zstd() if layout.zstd_level is not None else None
         self._whole: np.ndarray | None = None
-        self._whole_bytes = whole_bytes
+        self._read_whole = n_tiles * layout.tile_bytes <= whole_bytes
 
     def _shard(self, shard: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
         """(bytes, index, regular view): the view is (shard_tiles, *tile_shape) when raw chunks lie in order."""
@@ -315,7 +316,7 @@ class ShardFileReader:
         wanted = indices.tolist()  # plain ints: a batch is small, numpy's per-call overhead is not
         if wanted and (min(wanted) < 0 or max(wanted) >= self.n_tiles):
             raise IndexError(f"tile index out of range 0..{self.n_tiles - 1}")
-        if self._whole is None and self.n_tiles * self.layout.tile_bytes <= self._whole_bytes:
+        if self._whole is None and self._read_whole:
             self._whole = self._gather(np.arange(self.n_tiles), list(range(self.n_tiles)))
         if self._whole is not None:
             return self._whole[indices]
