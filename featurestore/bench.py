@@ -189,7 +189,7 @@ def format_rows(rows: list[ExtractBenchRow]) -> str:
 def run_extract_bench(encoders: list[str], n_tiles: int = 256, batch_size: int = 8, device: str = "auto",
                       codecs: tuple[tuple[str, str], ...] = (("float16", "none"), ("float16", "zstd"),
                                                               ("float16", "blosc-lz4"), ("int8", "none")),
-                      json_path: Path | None = None, rounds: int = 3) -> list[ExtractBenchRow]:
+                      json_path: Path | None = None, rounds: int = 5) -> list[ExtractBenchRow]:
     """The bench table: every encoder with the default storage; the first one also with the other codecs."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="cellgap-bench-") as tmp:

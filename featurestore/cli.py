@@ -111,8 +111,9 @@ def _register_bench(bench: argparse._SubParsersAction) -> None:
                         help="synthetic tiles to extract (default 256: 8 shards, so the steady state dominates)")
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--rounds", type=positive_int, default=3,
-                        help="paired bare/extraction rounds per row, reported as medians (default 3)")
+    parser.add_argument("--rounds", type=positive_int, default=5,
+                        help="paired bare/extraction rounds per row, reported as medians (default 5: single "
+                             "rounds on a shared machine vary by a few points)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     parser.set_defaults(handler=_bench_extract)
 
