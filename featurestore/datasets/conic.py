@@ -76,8 +76,12 @@ class CoNICDataset:
         return self._source(name).split("_", 1)[0] if (self.root / "patch_info.csv").is_file() else ""
 
     @cached_property
+    def _split_file(self) -> list[str] | None:
+        return read_split_file(self.root, self.names)  # parsed once, for the splits and for `info`
+
+    @cached_property
     def _splits(self) -> list[str]:
-        fixed = read_split_file(self.root, self.names)
+        fixed = self._split_file
         if fixed is not None:
             return fixed
         return stratified_group_split([self._source(n) for n in self.names], [self._cohort(n) for n in self.names],
@@ -85,7 +89,7 @@ class CoNICDataset:
 
     @property
     def info(self) -> DatasetInfo:
-        own_split = read_split_file(self.root, self.names) is not None
+        own_split = self._split_file is not None
         return DatasetInfo(
             format="conic",
             path=str(self.root.resolve()),

@@ -151,14 +151,18 @@ class ImageFolderDataset:
         return tiles
 
     @cached_property
+    def _split_file(self) -> list[str] | None:
+        return read_split_file(self.root, self.stems)  # parsed once, for the splits and for `info`
+
+    @cached_property
     def _splits(self) -> dict[str, str]:
-        fixed = read_split_file(self.root, self.stems)
+        fixed = self._split_file
         splits = fixed if fixed is not None else stratified_group_split(self.stems, [""] * len(self.stems), self.split_seed)
         return dict(zip(self.stems, splits))
 
     @property
     def info(self) -> DatasetInfo:
-        own_split = read_split_file(self.root, self.stems) is not None
+        own_split = self._split_file is not None
         return DatasetInfo(
             format=self.layout.format,
             path=str(self.root.resolve()),

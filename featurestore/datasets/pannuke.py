@@ -99,12 +99,15 @@ class PanNukeDataset:
         return [str(t) for t in types]
 
     @cached_property
+    def _split_file(self) -> list[str] | None:
+        return read_split_file(self.root, self.names)  # parsed once, for the splits and for `info`
+
+    @cached_property
     def _splits(self) -> list[str]:
-        names = self.names
-        fixed = read_split_file(self.root, names)
+        fixed = self._split_file
         if fixed is not None:
             return fixed
-        return stratified_group_split(names, self.tissues, self.split_seed)
+        return stratified_group_split(self.names, self.tissues, self.split_seed)
 
     @cached_property
     def names(self) -> list[str]:
@@ -116,7 +119,7 @@ class PanNukeDataset:
 
     @property
     def info(self) -> DatasetInfo:
-        own_split = read_split_file(self.root, self.names) is not None
+        own_split = self._split_file is not None
         return DatasetInfo(
             format="pannuke",
             path=str(self.root.resolve()),

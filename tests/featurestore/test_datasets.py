@@ -75,6 +75,25 @@ def test_dataset_split_file_is_kept(tmp_path, tiles4):
     assert dataset.info.split_policy == "dataset"
 
 
+@pytest.mark.parametrize("fmt", ["conic", "pannuke", "folder"])
+def test_split_file_is_read_once_for_splits_and_info(tmp_path, tiles4, fmt, monkeypatch):
+    from featurestore.datasets import conic, folder, pannuke
+
+    writers = {"conic": lambda: write_conic(tmp_path / "c", tiles4, patch_info=False),
+               "pannuke": lambda: write_pannuke(tmp_path / "p", tiles4), "folder": lambda: write_folder(tmp_path / "f", tiles4)}
+    root = writers[fmt]()
+    names = ["tile0", "tile1", "tile2", "tile3"] if fmt == "folder" else ["00000", "00001", "00002", "00003"]
+    (root / "folds.csv").write_text("img_id,fold\n" + "".join(f"{n},{f}\n" for n, f in zip(names, [2, 0, 1, 0])))
+    module = {"conic": conic, "pannuke": pannuke, "folder": folder}[fmt]
+    calls = []
+    real = module.read_split_file
+    monkeypatch.setattr(module, "read_split_file", lambda *args: calls.append(args) or real(*args))
+    dataset = open_dataset(f"{fmt}:{root}")
+    assert [m.split for m in dataset.metas()] == ["test", "train", "valid", "train"]
+    assert dataset.info.split_policy == "dataset" and dataset.info.split_policy == "dataset"
+    assert len(calls) == 1
+
+
 @pytest.mark.parametrize("kind", ["npy2", "npy", "mat", "tif"])
 def test_folder_label_kinds(tmp_path, tiles4, kind):
     root = write_folder(tmp_path / kind, tiles4[:2], label_kind=kind)
