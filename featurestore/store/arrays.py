@@ -20,7 +20,23 @@ def compressors_for(codec: str) -> list | None:
         return [ZstdCodec(level=1)]
     if codec == "blosc-lz4":
         return [BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle)]
+    if codec == "lz4-shuffle":  # labels: mostly zeros and runs in the high bytes; half zstd-1's CPU per tile
+        return [BloscCodec(cname="lz4", clevel=1, shuffle=BloscShuffle.shuffle)]
     raise StoreError(f"unknown codec {codec!r} (use none, zstd or blosc-lz4)")
+
+
+_BLOSC_SHUFFLE = {BloscShuffle.noshuffle: 0, BloscShuffle.shuffle: 1, BloscShuffle.bitshuffle: 2}
+
+
+def _numcodecs_config(codec: object, itemsize: int) -> tuple[tuple[str, object], ...] | None:
+    """The numcodecs config that encodes an inner chunk byte for byte as zarr-python's codec does, or None
+    for codecs the direct path does not take."""
+    if isinstance(codec, ZstdCodec) and not codec.checksum:
+        return (("id", "zstd"), ("level", codec.level))
+    if isinstance(codec, BloscCodec):
+        return (("blocksize", codec.blocksize), ("clevel", codec.clevel), ("cname", codec.cname.name),
+                ("id", "blosc"), ("shuffle", _BLOSC_SHUFFLE[codec.shuffle]), ("typesize", codec.typesize or itemsize))
+    return None
 
 
 def create_array(group: zarr.Group, spec: ArraySpec, shard_tiles: int) -> zarr.Array:
@@ -77,7 +93,7 @@ def is_raw_chunked(array: zarr.Array) -> bool:
 
 def shard_layout(array: zarr.Array) -> ShardLayout | None:
     """The direct-I/O description of an array made by `create_array` with per-tile inner chunks, else None."""
-    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 
     codecs = array.metadata.codecs
     if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
@@ -86,11 +102,11 @@ def shard_layout(array: zarr.Array) -> ShardLayout | None:
     inner = list(sharding.codecs)
     if not inner or not isinstance(inner[0], BytesCodec) or len(inner) > 2:
         return None
-    zstd_level = None
+    compression = None
     if len(inner) == 2:
-        if not isinstance(inner[1], ZstdCodec) or inner[1].checksum:
+        compression = _numcodecs_config(inner[1], np.dtype(array.dtype).itemsize)
+        if compression is None:
             return None
-        zstd_level = inner[1].level
     if [type(c) for c in sharding.index_codecs] != [BytesCodec, Crc32cCodec]:
         return None
     if sharding.index_location.value != "end" or tuple(sharding.chunk_shape) != (1,) + tuple(array.shape[1:]):
@@ -98,4 +114,4 @@ def shard_layout(array: zarr.Array) -> ShardLayout | None:
     if np.dtype(array.dtype).byteorder not in ("=", "<", "|"):
         return None
     return ShardLayout(shard_tiles=int(array.shards[0]), tile_shape=tuple(array.shape[1:]),
-                       dtype=np.dtype(array.dtype), zstd_level=zstd_level)
+                       dtype=np.dtype(array.dtype), compression=compression)

@@ -49,7 +49,7 @@ class ArraySpec:
     shape: tuple[int, ...]
     dtype: str
     sharded: bool  # per-tile inner chunks grouped in shards, or one chunk per shard of tiles
-    codec: str  # none | zstd | blosc-lz4
+    codec: str  # none | zstd | blosc-lz4 (features), lz4-shuffle (labels)
 
 
 def shard_count(n_tiles: int, shard_tiles: int) -> int:
@@ -72,8 +72,8 @@ def tile_arrays(n_tiles: int, tile_size: int, with_labels: bool, pixel_hash: str
     ]
     if with_labels:
         specs += [
-            ArraySpec(INSTANCES, (n_tiles, tile_size, tile_size), "int32", True, "zstd"),
-            ArraySpec(CLASSES, (n_tiles, tile_size, tile_size), "uint8", True, "zstd"),
+            ArraySpec(INSTANCES, (n_tiles, tile_size, tile_size), "int32", True, "lz4-shuffle"),
+            ArraySpec(CLASSES, (n_tiles, tile_size, tile_size), "uint8", True, "lz4-shuffle"),
         ]
     return specs
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import google_crc32c
+import numcodecs
 import numpy as np
-from numcodecs import Zstd
 
 from featurestore.errors import StoreError
 
@@ -44,7 +44,15 @@ class ShardLayout:
     shard_tiles: int
     tile_shape: tuple[int, ...]
     dtype: np.dtype
-    zstd_level: int | None  # None: raw inner chunks
+    compression: tuple[tuple[str, object], ...] | None = None  # the inner chunks' numcodecs config; None: raw
+
+    @property
+    def raw(self) -> bool:
+        return self.compression is None
+
+    def codec(self) -> numcodecs.abc.Codec:
+        """The codec of the inner chunks (zstd or blosc, as zarr-python writes them)."""
+        return numcodecs.get_codec(dict(self.compression or ()))
 
     @property
     def tile_bytes(self) -> int:
@@ -109,7 +117,7 @@ def write_shard_file(path: Path, layout: ShardLayout, tiles: ShardBuffer | np.nd
     if isinstance(tiles, ShardBuffer):
         if tiles.layout != layout:
             raise StoreError(f"{path}: shard buffer of {tiles.layout} does not fit {layout}")
-        if layout.zstd_level is None:
+        if layout.raw:
             _write_raw_shard(path, layout, tiles)
             return
         tiles = tiles.tiles
@@ -117,13 +125,13 @@ def write_shard_file(path: Path, layout: ShardLayout, tiles: ShardBuffer | np.nd
     count = sum(len(part) for part in parts)
     if any(part.shape[1:] != layout.tile_shape for part in parts) or count > layout.shard_tiles:
         raise StoreError(f"{path}: shard data {[part.shape for part in parts]} does not fit tiles of {layout.tile_shape}")
-    if layout.zstd_level is None:
+    if layout.raw:
         buffer = fill_buffer(pool.take(layout, count) if pool is not None else ShardBuffer(layout, count), parts)
         _write_raw_shard(path, layout, buffer)
         if pool is not None:
             pool.give(buffer)
         return
-    codec = Zstd(level=layout.zstd_level)
+    codec = layout.codec()
     chunks = [codec.encode(np.ascontiguousarray(tile, dtype=layout.dtype)) for part in parts for tile in part]
     sizes = np.array([len(c) for c in chunks], dtype=np.uint64)
     index = np.full((layout.shard_tiles, 2), EMPTY, dtype="<u8")
@@ -258,7 +266,7 @@ class ShardFileReader:
         self._open: OrderedDict[int, tuple[np.ndarray | None, np.ndarray, np.ndarray | None]] = OrderedDict()
         self._max_open = max_open
         self._lock = threading.Lock()
-        self._zstd = Zstd() if layout.zstd_level is not None else None
+        self._codec = None if layout.raw else layout.codec()
         self._whole: np.ndarray | None = None
         self._read_whole = n_tiles * layout.tile_bytes <= whole_bytes
 
@@ -281,7 +289,7 @@ class ShardFileReader:
             filled = index[:, 0] != EMPTY
             if np.any(index[filled, 0] + index[filled, 1] > start):
                 raise StoreError(f"{path}: shard index points past the data; the file is damaged")
-            if self._zstd is None:
+            if self._codec is None:
                 if np.any(index[filled, 1] != self.layout.tile_bytes):
                     raise StoreError(f"{path}: shard chunks are not {self.layout.tile_bytes} bytes; the file is damaged")
                 expected = np.arange(self.layout.shard_tiles, dtype=np.uint64) * self.layout.tile_bytes
@@ -301,8 +309,8 @@ class ShardFileReader:
         if data is None or offset == EMPTY:
             return 0
         raw = data[int(offset) : int(offset + length)]
-        if self._zstd is not None:
-            raw = np.frombuffer(self._zstd.decode(raw), np.uint8)
+        if self._codec is not None:
+            raw = np.frombuffer(self._codec.decode(raw), np.uint8)
         return raw.view(self.layout.dtype).reshape(self.layout.tile_shape)
 
     def read(self, indices: np.ndarray) -> np.ndarray:

@@ -144,7 +144,7 @@ class StoreWriter:
         values = self._layouts.get(layout.feature_path(layer, view))
         scales = self._layouts.get(layout.scale_path(layer, view))
         int8 = self.manifest.storage.dtype == "int8"
-        if self._root is None or values is None or values.zstd_level is not None or (int8 and scales is None):
+        if self._root is None or values is None or not values.raw or (int8 and scales is None):
             return None
         n_tiles = len(layout.shard_range(shard, self.n_tiles, self.shard_tiles))
         return FeatureShard(self._buffers.take(values, n_tiles), self._buffers.take(scales, n_tiles) if int8 else None)

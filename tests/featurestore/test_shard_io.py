@@ -156,7 +156,7 @@ def test_allocator_setting_serves_large_blocks_from_the_heap():
     assert libc.mallinfo2().hblks == before and block.sum() == 8 * 2**20
 
 
-@pytest.mark.parametrize("codec", ["none", "zstd"])
+@pytest.mark.parametrize("codec", ["none", "zstd", "blosc-lz4", "lz4-shuffle"])
 @pytest.mark.parametrize("whole_bytes", [0, 2**30])  # per-shard gathers, and the small-array whole read
 def test_reader_matches_zarr_python_in_any_order(tmp_path, codec, whole_bytes):
     from featurestore.store.shardfile import ShardFileReader
@@ -216,10 +216,28 @@ def test_new_nested_folders_are_made_durable_in_their_parents(tmp_path, monkeypa
     synced = []
     monkeypatch.setattr(shardfile, "fsync_folder", lambda folder: synced.append(Path(folder)))
     (tmp_path / "a").mkdir()
-    layout = shardfile.ShardLayout(shard_tiles=2, tile_shape=(3,), dtype=np.dtype("<f4"), zstd_level=None)
+    layout = shardfile.ShardLayout(shard_tiles=2, tile_shape=(3,), dtype=np.dtype("<f4"))
     target = tmp_path / "a" / "c" / "3" / "0" / "shard"
     write_shard_file(target, layout, np.ones((2, 3), np.float32))
     assert synced == [tmp_path / "a", tmp_path / "a" / "c", tmp_path / "a" / "c" / "3"]
     synced.clear()
     write_shard_file(tmp_path / "a" / "c" / "3" / "0" / "other", layout, np.ones((2, 3), np.float32))
     assert synced == []  # existing folders cost one stat, no fsync
+
+
+@pytest.mark.parametrize(("codec", "dtype"), [("none", "float16"), ("zstd", "int32"), ("blosc-lz4", "float16"),
+                                              ("lz4-shuffle", "int32"), ("lz4-shuffle", "uint8")])
+def test_direct_shard_writes_match_zarr_python_byte_for_byte(tmp_path, codec, dtype):
+    """Labels (lz4-shuffle, zstd in older stores) and features take the direct path; zarr-python must read
+    what it writes, and the files must be the ones zarr-python itself writes for the same tiles."""
+    values = (np.random.default_rng(2).integers(0, 9, size=(4, 16, 16)) * (np.arange(16) > 7)).astype(dtype)
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    ours = create_array(group, ArraySpec("ours", (6, 16, 16), dtype, True, codec), 4)
+    theirs = create_array(group, ArraySpec("theirs", (6, 16, 16), dtype, True, codec), 4)
+    layout = shard_layout(ours)
+    assert layout is not None and layout.raw == (codec == "none")
+    write_shard_file(shard_file(tmp_path / "s.zarr", ours, 0), layout, [values[:1], values[1:]])
+    theirs[:4] = values
+    assert np.array_equal(np.asarray(zarr.open_array(str(tmp_path / "s.zarr" / "ours"), mode="r")[:4]), values)
+    ours_file, theirs_file = shard_file(tmp_path / "s.zarr", ours, 0), shard_file(tmp_path / "s.zarr", theirs, 0)
+    assert ours_file.read_bytes() == theirs_file.read_bytes()
