@@ -127,10 +127,10 @@ class CoNICDataset:
         """Tiles start..stop-1 from one slice of each array, checked batch-wide; None for anything this fast
         path does not take (float or wide labels, non-uint8 images, values out of range), which `read_tiles`
         then reads tile by tile, converting it or naming the offending tile."""
+        if self._images.dtype != np.uint8:
+            return None
         labels = np.asarray(self._labels[start:stop])
         images = np.array(self._images[start:stop], order="C")  # a private copy: the encoder and the writer keep it
-        if images.dtype != np.uint8:
-            return None
         if labels.dtype == np.dtype("<i4") and labels.flags.c_contiguous:
             return _int32_pairs(labels, images)
         if not (labels.dtype.kind in "iu" and np.can_cast(labels.dtype, np.int32)):

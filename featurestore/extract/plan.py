@@ -56,4 +56,3 @@ def plan_extraction(config: ExtractConfig, *, device: str | None = None) -> Extr
     storage = StorageRecord(dtype=config.dtype, codec=config.codec, shard_tiles=config.shard_tiles,
                             views=VIEW_SETS[config.views])
     return ExtractionPlan(config, dataset, metas, encoder, new_manifest(encoder.description, info, metas, storage))
-

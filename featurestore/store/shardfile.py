@@ -51,8 +51,10 @@ class ShardLayout:
         return self.compression is None
 
     def codec(self) -> numcodecs.abc.Codec:
-        """The codec of the inner chunks (zstd or blosc, as zarr-python writes them)."""
-        return numcodecs.get_codec(dict(self.compression or ()))
+        """The codec of the inner chunks (zstd or blosc, as zarr-python writes them); raw layouts have none."""
+        if self.compression is None:
+            raise StoreError("raw inner chunks have no codec")
+        return numcodecs.get_codec(dict(self.compression))
 
     @property
     def tile_bytes(self) -> int:

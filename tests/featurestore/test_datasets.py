@@ -90,7 +90,7 @@ def test_split_file_is_read_once_for_splits_and_info(tmp_path, tiles4, fmt, monk
     monkeypatch.setattr(module, "read_split_file", lambda *args: calls.append(args) or real(*args))
     dataset = open_dataset(f"{fmt}:{root}")
     assert [m.split for m in dataset.metas()] == ["test", "train", "valid", "train"]
-    assert dataset.info.split_policy == "dataset" and dataset.info.split_policy == "dataset"
+    assert [dataset.info.split_policy for _ in range(2)] == ["dataset", "dataset"]  # info asked twice
     assert len(calls) == 1
 
 
