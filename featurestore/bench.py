@@ -4,10 +4,12 @@ All numbers of one table come from one run on the same tiles, batch size and thr
 """
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from featurestore.datasets.synthetic import make_tile
 from featurestore.encoders.encoder import EncoderSettings, FrozenEncoder, pick_device
 from featurestore.encoders.registry import resolve_preset
 from featurestore.extract.job import directory_bytes
+from featurestore.extract.replicas import replica_count, run_replicas
 from featurestore.extract.shards import encode_shards
 from featurestore.store import layout
 from featurestore.store.manifest import StorageRecord, new_manifest
@@ -36,9 +39,12 @@ class ExtractBenchRow:
     dtype: str
     codec: str
     tiles: int
+    replicas: int
     encoder_tiles_per_s: float
     extract_tiles_per_s: float
     extract_over_encoder: float
+    intra_op_encoder_tiles_per_s: float  # the forward pass one batch at a time on all threads (no replicas)
+    extract_over_intra_op: float
     feature_bytes_per_tile: float
     raw_float32_bytes_per_tile: float
     read_tiles_per_s: float
@@ -56,19 +62,34 @@ def write_sample(folder: Path, n_tiles: int) -> str:
     return f"conic:{folder}"
 
 
-def bare_encoder_rate(encoder: FrozenEncoder, images: np.ndarray, batch_size: int) -> float:
-    """Tiles/s of the encoder's forward pass alone (features left where they were computed)."""
+def bare_encoder_rate(encoder: FrozenEncoder, images: np.ndarray, batch_size: int, replicas: int | None = None) -> float:
+    """Tiles/s of the encoder's forward pass alone (features left where they were computed), run as extraction
+    runs it: by default one replica per CPU thread; `replicas=1` is one forward pass at a time on all threads."""
     batches = [torch.from_numpy(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    for batch in batches[:2]:  # warm-up
-        encoder(batch)
+    count = replica_count(encoder.device, replicas)
+    _forward_all(encoder, batches[: 2 * count], count)  # warm-up
     if encoder.device.type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
-    for batch in batches:
-        encoder(batch)
+    _forward_all(encoder, batches, count)
     if encoder.device.type == "cuda":
         torch.cuda.synchronize()
     return len(images) / (time.perf_counter() - started)
+
+
+def _forward_all(encoder: FrozenEncoder, batches: list[torch.Tensor], replicas: int) -> None:
+    taken = itertools.count()
+    lock = threading.Lock()
+
+    def loop() -> None:
+        while True:
+            with lock:
+                position = next(taken)
+            if position >= len(batches):
+                return
+            encoder(batches[position])
+
+    run_replicas(replicas, loop, on_error=lambda: None)
 
 
 def disk_write_rate(folder: Path, megabytes: int = 256) -> float:
@@ -142,30 +163,38 @@ def bench_one(name: str, sample: str, images: np.ndarray, batch_size: int, devic
     settings = EncoderSettings(name=name, pretrained=pretrained)
     encoder = FrozenEncoder(settings, device=pick_device(device))
     dataset = open_dataset(sample)
-    encode_rates, extract_rates, ratios = [], [], []
+    encode_rates, extract_rates, intra_rates, ratios, intra_ratios = [], [], [], [], []
     store_path = ""
     for attempt in range(rounds):
-        # Paired rounds in alternating order, reported as medians: the machine is shared and its speed drifts,
-        # and a pair measured back to back sees the same machine.
+        # Rounds in alternating order, reported as medians: the machine is shared and its speed drifts, and
+        # measurements taken back to back see the same machine.
         if store_path:
             shutil.rmtree(store_path)
         store_path = str(scratch / f"{name.replace('/', '_')}-{dtype}-{codec}-{attempt}.zarr")
-        if attempt % 2 == 0:
-            encoded = bare_encoder_rate(encoder, images, batch_size)
-            extracted = extraction_rate(dataset, encoder, store_path, batch_size, dtype, codec)
-        else:
-            extracted = extraction_rate(dataset, encoder, store_path, batch_size, dtype, codec)
-            encoded = bare_encoder_rate(encoder, images, batch_size)
-        encode_rates.append(encoded)
-        extract_rates.append(extracted)
-        ratios.append(extracted / encoded)
+        steps = ["encode", "extract", "intra"] if attempt % 2 == 0 else ["intra", "extract", "encode"]
+        measured = {}
+        for step in steps:
+            if step == "encode":
+                measured[step] = bare_encoder_rate(encoder, images, batch_size)
+            elif step == "intra":
+                measured[step] = bare_encoder_rate(encoder, images, batch_size, replicas=1)
+            else:
+                measured[step] = extraction_rate(dataset, encoder, store_path, batch_size, dtype, codec)
+        encode_rates.append(measured["encode"])
+        extract_rates.append(measured["extract"])
+        intra_rates.append(measured["intra"])
+        ratios.append(measured["extract"] / measured["encode"])
+        intra_ratios.append(measured["extract"] / measured["intra"])
     read_rate, memmap_rate = read_rates(store_path, scratch, batch_size)
     disk_mb = disk_write_rate(scratch)
     raw = sum(l.channels * l.height * l.width * 4 for l in encoder.description.layers)
     return ExtractBenchRow(
         encoder=name, weights=encoder.description.weights_source.split(":")[0], device=str(encoder.device), dtype=dtype,
-        codec=codec, tiles=len(images), encoder_tiles_per_s=statistics.median(encode_rates),
+        codec=codec, tiles=len(images), replicas=replica_count(encoder.device),
+        encoder_tiles_per_s=statistics.median(encode_rates),
         extract_tiles_per_s=statistics.median(extract_rates), extract_over_encoder=statistics.median(ratios),
+        intra_op_encoder_tiles_per_s=statistics.median(intra_rates),
+        extract_over_intra_op=statistics.median(intra_ratios),
         feature_bytes_per_tile=feature_bytes(store_path),
         raw_float32_bytes_per_tile=raw, read_tiles_per_s=read_rate, memmap_tiles_per_s=memmap_rate,
         read_over_memmap=read_rate / memmap_rate, disk_write_mb_per_s=disk_mb,
@@ -175,12 +204,14 @@ def bench_one(name: str, sample: str, images: np.ndarray, batch_size: int, devic
 
 def format_rows(rows: list[ExtractBenchRow]) -> str:
     header = (f"{'encoder':<28} {'dtype':<7} {'codec':<9} {'enc t/s':>8} {'extr t/s':>8} {'extr/enc':>8} "
+              f"{'1x t/s':>7} {'extr/1x':>7} "
               f"{'KiB/tile':>9} {'vs f32':>7} {'read t/s':>9} {'mmap t/s':>9} {'read/mmap':>9} {'disk cap':>8}")
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
             f"{r.encoder + ' (' + r.weights + ')':<28} {r.dtype:<7} {r.codec:<9} {r.encoder_tiles_per_s:8.2f} "
-            f"{r.extract_tiles_per_s:8.2f} {r.extract_over_encoder:8.2f} {r.feature_bytes_per_tile / 1024:9.0f} "
+            f"{r.extract_tiles_per_s:8.2f} {r.extract_over_encoder:8.2f} {r.intra_op_encoder_tiles_per_s:7.2f} "
+            f"{r.extract_over_intra_op:7.2f} {r.feature_bytes_per_tile / 1024:9.0f} "
             f"{r.feature_bytes_per_tile / r.raw_float32_bytes_per_tile:7.2f} {r.read_tiles_per_s:9.0f} "
             f"{r.memmap_tiles_per_s:9.0f} {r.read_over_memmap:9.2f} {r.disk_cap_tiles_per_s:8.0f}")
     return "\n".join(lines)
@@ -200,6 +231,8 @@ def run_extract_bench(encoders: list[str], n_tiles: int = 256, batch_size: int =
         images = np.load(sample_dir / "images.npy")
         print(f"threads: torch {torch.get_num_threads()}, tiles {n_tiles}, batch {batch_size}, rounds {rounds} "
               "(medians; extr/enc is the median of per-round ratios)")
+        print("enc: the bare forward run as extraction runs it (on a CPU, one single-threaded replica per thread); "
+              "1x: one forward at a time on all threads")
         for position, name in enumerate(encoders):
             choices = codecs if position == 0 else codecs[:1]
             for dtype, codec in choices:

@@ -45,6 +45,9 @@ def _register_extract(commands: argparse._SubParsersAction) -> None:
     add_encoder_options(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--replicas", type=positive_int,
+                        help="CPU only: encoder replicas sharing torch's threads, each on its own batches "
+                             "(default: one single-threaded replica per thread)")
     parser.add_argument("--dtype", choices=("float16", "float32", "int8"), default="float16")
     parser.add_argument("--codec", choices=("none", "zstd", "blosc-lz4"), default="none",
                         help="feature compression (default none: see the README's measurements)")
@@ -65,8 +68,9 @@ def _extract(args: argparse.Namespace) -> int:
 
     config = ExtractConfig(
         dataset=args.dataset, store=args.store, encoder=encoder_settings(args), batch_size=args.batch_size,
-        device=args.device, dtype=args.dtype, codec=args.codec, shard_tiles=args.shard_tiles, views=args.views,
-        split_seed=args.split_seed, workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress,
+        device=args.device, replicas=args.replicas, dtype=args.dtype, codec=args.codec, shard_tiles=args.shard_tiles,
+        views=args.views, split_seed=args.split_seed, workers=args.workers, scheduler=args.scheduler,
+        progress=not args.no_progress,
     )
     summary = run_extraction(config)
     for line in summary.lines():

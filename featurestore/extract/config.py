@@ -16,6 +16,7 @@ class ExtractConfig(BaseModel):
     encoder: EncoderSettings
     batch_size: int = Field(8, ge=1)
     device: str = "auto"
+    replicas: int | None = Field(None, ge=1)  # CPU encoder replicas; None: one single-threaded replica per thread
     dtype: Literal["float16", "float32", "int8"] = "float16"
     codec: Literal["none", "zstd", "blosc-lz4"] = "none"
     shard_tiles: int = Field(32, ge=1)

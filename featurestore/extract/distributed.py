@@ -57,7 +57,7 @@ def extract_task(config: ExtractConfig, shards: list[int], manifest_sha: str, n_
     dataset = _on_worker("dataset", f"{config.split_seed}|{writer.manifest.dataset.model_dump_json()}",  # same tiles
                          lambda: open_dataset(config.dataset, tile_size=config.encoder.tile_size,
                                               split_seed=config.split_seed))
-    return encode_shards(dataset, encoder, writer, shards, config.batch_size)
+    return encode_shards(dataset, encoder, writer, shards, config.batch_size, replicas=config.replicas)
 
 
 def _client(config: ExtractConfig):

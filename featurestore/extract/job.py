@@ -81,7 +81,8 @@ def run_plan(plan: ExtractionPlan) -> ExtractSummary:
             device = pick_device(config.device)
             if plan.encoder.device != device:
                 plan.encoder.to(device)  # planned on another device (compare plans on the CPU)
-            written = encode_shards(plan.dataset, plan.encoder, writer, pending, config.batch_size, on_tiles=bar.update)
+            written = encode_shards(plan.dataset, plan.encoder, writer, pending, config.batch_size, on_tiles=bar.update,
+                                    replicas=config.replicas)
     seconds = time.perf_counter() - started
     writer.finalize()
     return ExtractSummary(config.store, len(metas), written, seconds, directory_bytes(config.store), False)

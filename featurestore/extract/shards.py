@@ -1,9 +1,9 @@
 """Encoding shards with the encoder on the critical path and everything else beside it.
 
-Three stages overlap: a reader thread loads tiles ahead, the calling thread runs the encoder, and
-a writer thread converts, writes and fsyncs finished shards. Batches never cross shard boundaries,
-so a shard's features do not depend on which other shards a run (or a worker) processed: a
-resumed or distributed run writes the same bytes as an uninterrupted one.
+Three stages overlap: a reader thread loads tiles ahead, the encoder runs (on a CPU as one replica
+per core, see `replicas`), and a writer thread converts, writes and fsyncs finished shards. Batches
+never cross shard boundaries, so a shard's features do not depend on which other shards a run (or a
+worker) processed: a resumed or distributed run writes the same bytes as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 
 from featurestore.datasets.base import TileDataset, read_tiles
 from featurestore.encoders.encoder import FrozenEncoder
+from featurestore.extract.replicas import Worker, replica_count, run_replicas
 from featurestore.store import layout
 from featurestore.store.quantize import quantize_int8_into
 from featurestore.store.writer import FeatureShard, ShardData, StoreWriter, new_io_pool, pixel_hashes
@@ -26,13 +27,15 @@ from featurestore.views import apply_view
 log = logging.getLogger(__name__)
 _STOP = object()
 _F16_MAX = 65504.0
+FeatureKey = tuple[str, str]  # (view, layer)
 
 
 @dataclass
 class LoadedBatch:
     shard: int
-    first: bool  # first batch of its shard
-    last: bool  # last batch of its shard
+    position: int  # batch index within its shard
+    batches: int  # batches in its shard
+    offset: int  # the first tile's row within its shard
     images: np.ndarray
     instances: np.ndarray | None
     classes: np.ndarray | None
@@ -47,42 +50,74 @@ def iter_batches(dataset: TileDataset, shards: Sequence[int], shard_tiles: int, 
         starts = list(range(tiles.start, tiles.stop, batch_size))
         for position, start in enumerate(starts):
             batch = read_tiles(dataset, start, min(start + batch_size, tiles.stop), tile_size)
-            yield LoadedBatch(shard, position == 0, position == len(starts) - 1, batch.images, batch.instances,
+            yield LoadedBatch(shard, position, len(starts), start - tiles.start, batch.images, batch.instances,
                               batch.classes, pixel_hashes(batch.images, pixel_hash))
 
 
-class _Worker(threading.Thread):
-    """A daemon thread that records its exception for the caller to re-raise."""
+@dataclass
+class _ShardParts:
+    buffers: dict[FeatureKey, FeatureShard | None]  # the shard's file memory, where the encoder writes directly
+    encoded: list[tuple[LoadedBatch, dict] | None]  # (batch, its features) by position
+    left: int
 
-    def __init__(self, target: Callable[[], None], name: str) -> None:
-        super().__init__(name=name, daemon=True)
-        self._target_fn = target
-        self.error: BaseException | None = None
 
-    def run(self) -> None:
-        try:
-            self._target_fn()
-        except BaseException as error:  # handed to the calling thread, which re-raises it
-            self.error = error
+class _ShardAssembly:
+    """Shards whose batches are being encoded, completed in any order: replicas encode batches of one shard
+    side by side, each into its own rows of the shard's memory."""
+
+    def __init__(self, writer: StoreWriter, keys: list[FeatureKey], direct: bool,
+                 on_tiles: Callable[[int], None] | None) -> None:
+        self._writer, self._keys, self._direct, self._on_tiles = writer, keys, direct, on_tiles
+        self._open: dict[int, _ShardParts] = {}
+        self._lock = threading.Lock()
+
+    def buffers(self, batch: LoadedBatch) -> dict[FeatureKey, FeatureShard | None]:
+        with self._lock:
+            parts = self._open.get(batch.shard)
+            if parts is None:
+                buffers = {key: self._writer.feature_buffer(batch.shard, *key) for key in self._keys} \
+                    if self._direct else {}
+                parts = self._open[batch.shard] = _ShardParts(buffers, [None] * batch.batches, batch.batches)
+            return parts.buffers
+
+    def add(self, batch: LoadedBatch, host: dict) -> ShardData | None:
+        """Record an encoded batch; returns its shard's data once every batch of the shard is in."""
+        with self._lock:
+            parts = self._open[batch.shard]
+            parts.encoded[batch.position] = (batch, host)
+            parts.left -= 1
+            if self._on_tiles is not None:
+                self._on_tiles(len(batch.images))
+            if parts.left:
+                return None
+            del self._open[batch.shard]
+        return _assemble(batch.shard, parts.encoded)
 
 
 def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWriter, shards: Sequence[int],
                   batch_size: int, on_tiles: Callable[[int], None] | None = None, prefetch: int = 3,
-                  writer_threads: int | None = None) -> int:
+                  writer_threads: int | None = None, replicas: int | None = None) -> int:
     """Encode and write the given shards; returns the number of tiles written.
 
     Shards are independent files, so several writer threads can write different shards at once:
     one is enough beside a CPU encoder (they share the cores), a GPU outruns one disk writer.
+    `replicas` (CPU only) splits torch's threads between that many encoder replicas; by default one
+    single-threaded replica per thread.
     """
-    n_writers = writer_threads or (4 if encoder.device.type == "cuda" else 1)
+    cuda = encoder.device.type == "cuda"
+    n_replicas = replica_count(encoder.device, replicas)
+    n_writers = writer_threads or (4 if cuda else 1)
     storage = writer.manifest.storage
     tile_size = writer.manifest.dataset.tile_size
     half = storage.dtype == "float16"
-    loaded: queue.Queue = queue.Queue(maxsize=prefetch)
+    loaded: queue.Queue = queue.Queue(maxsize=prefetch + n_replicas - 1)
     finished: queue.Queue = queue.Queue(maxsize=n_writers + 1)
     stop = threading.Event()
     written = [0]
     count_lock = threading.Lock()
+    layers = encoder.description.layers
+    assembly = _ShardAssembly(writer, [(view, layer.name) for view in storage.views for layer in layers],
+                              direct=not cuda, on_tiles=on_tiles)
 
     def read() -> None:
         try:
@@ -104,68 +139,37 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
             item = finished.get()
             if item is _STOP:
                 return
-            data = _assemble(*item)
-            writer.write_shard(data, io)
+            writer.write_shard(item, io)
             with count_lock:
-                written[0] += data.n_tiles
-
-    io = new_io_pool(n_writers)
-    reader = _Worker(read, "cellgap-reader")
-    writer_threads_ = [_Worker(write, f"cellgap-writer-{i}") for i in range(n_writers)]
-    reader.start()
-    for thread in writer_threads_:
-        thread.start()
-    cuda = encoder.device.type == "cuda"
-    state: dict = {"current": None}
+                written[0] += item.n_tiles
 
     def finish(batch: LoadedBatch, host: dict, event) -> None:
         """Collect a batch whose features are (or are being) copied to host memory."""
         if event is not None:
             event.synchronize()
-        if batch.first:
-            state["current"] = {"images": [], "instances": [], "classes": [], "hashes": [], "features": {}}
-        current = state["current"]
-        current["images"].append(batch.images)
-        current["hashes"].append(batch.hashes)
-        current["instances"].append(batch.instances)
-        current["classes"].append(batch.classes)
-        for key, values in host.items():
-            if isinstance(values, FeatureShard):
-                current["features"][key] = values
-            else:
-                current["features"].setdefault(key, []).append(values.numpy())
-        if on_tiles is not None:
-            on_tiles(len(batch.images))
-        if batch.last:
-            _hand_over(finished, writer_threads_, (batch.shard, current))
-            state["current"] = None
+        data = assembly.add(batch, host)
+        if data is not None:
+            _hand_over(finished, writer_threads_, data, stop)
 
-    pending = None  # on a GPU, a batch's copy to host overlaps the next batch's forward pass
-    buffers: dict[tuple[str, str], FeatureShard | None] = {}  # on a CPU, the encoder writes into the shard's file memory
-    offset = 0
-    try:
-        while True:
-            batch = loaded.get()
-            if batch is _STOP:
-                break
-            if batch.first:
-                offset = 0
-                buffers = {} if cuda else {(view, layer.name): writer.feature_buffer(batch.shard, view, layer.name)
-                                           for view in storage.views for layer in encoder.description.layers}
+    def encode() -> None:
+        """One replica: batches from the reader until none is left. On a GPU, a batch's copy to host overlaps
+        the next batch's forward pass; on a CPU, the encoder writes into the shard's file memory."""
+        pending = None
+        while (batch := _next_batch(loaded, stop)) is not None:
+            buffers = assembly.buffers(batch)
             tiles = torch.from_numpy(batch.images)
             if cuda:
                 tiles = tiles.pin_memory()
-            host: dict[tuple[str, str], torch.Tensor | FeatureShard] = {}
+            host: dict[FeatureKey, torch.Tensor | FeatureShard] = {}
             for view in storage.views:
                 maps = encoder(apply_view(tiles, view, axes=(1, 2)))
-                for layer, values in zip(encoder.description.layers, maps):
+                for layer, values in zip(layers, maps):
                     key = (view, layer.name)
                     if buffers.get(key) is not None:
-                        host[key] = _store_into(buffers[key], offset, values, storage.dtype)
+                        host[key] = _store_into(buffers[key], batch.offset, values, storage.dtype)
                     else:
                         values = values.clamp(-_F16_MAX, _F16_MAX).half() if half else values
                         host[key] = _to_host(values, cuda)
-            offset += len(batch.images)
             event = None
             if cuda:
                 event = torch.cuda.Event()
@@ -173,8 +177,17 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
             if pending is not None:
                 finish(*pending)
             pending = (batch, host, event)
-        if pending is not None:
+        if pending is not None and not stop.is_set():
             finish(*pending)
+
+    io = new_io_pool(n_writers)
+    reader = Worker(read, "cellgap-reader")
+    writer_threads_ = [Worker(write, f"cellgap-writer-{i}") for i in range(n_writers)]
+    reader.start()
+    for thread in writer_threads_:
+        thread.start()
+    try:
+        run_replicas(n_replicas, encode, stop.set)
         if reader.error is not None:
             raise reader.error
     except BaseException:
@@ -191,6 +204,21 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
         if thread.error is not None:
             raise thread.error
     return written[0]
+
+
+def _next_batch(loaded: queue.Queue, stop: threading.Event) -> LoadedBatch | None:
+    """The next loaded batch, or None once the reader is done (the end mark is put back for the other
+    replicas) or the job is stopping."""
+    while not stop.is_set():
+        try:
+            item = loaded.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        if item is _STOP:
+            loaded.put(_STOP)
+            return None
+        return item
+    return None
 
 
 def _store_into(target: FeatureShard, offset: int, values: torch.Tensor, dtype: str) -> FeatureShard:
@@ -215,8 +243,9 @@ def _to_host(values: torch.Tensor, cuda: bool) -> torch.Tensor:
     return buffer
 
 
-def _hand_over(finished: queue.Queue, writer_threads: list[_Worker], data: tuple[int, dict]) -> None:
-    while True:
+def _hand_over(finished: queue.Queue, writer_threads: list[Worker], data: ShardData, stop: threading.Event) -> None:
+    """Queue a finished shard for the writers; dropped when the job is stopping (the next run redoes it)."""
+    while not stop.is_set():
         failed = next((t.error for t in writer_threads if t.error is not None), None)
         if failed is not None:
             raise failed
@@ -227,7 +256,7 @@ def _hand_over(finished: queue.Queue, writer_threads: list[_Worker], data: tuple
             continue
 
 
-def _stop_writers(finished: queue.Queue, threads: list[_Worker]) -> None:
+def _stop_writers(finished: queue.Queue, threads: list[Worker]) -> None:
     """One stop mark per writer after the queued shards; a writer that died no longer takes from the queue,
     so never wait on a full queue for it."""
     for _ in threads:
@@ -249,13 +278,18 @@ def _drain(q: queue.Queue) -> None:
             return
 
 
-def _assemble(shard: int, parts: dict) -> ShardData:
+def _assemble(shard: int, encoded: list) -> ShardData:
     """A shard's data as the batches it was encoded in (no concatenation: the writer writes parts in order)."""
+    batches = [batch for batch, _ in encoded]
+
     def labels(values: list) -> list[np.ndarray] | None:
         return None if any(v is None for v in values) else values
 
-    instances, classes = labels(parts["instances"]), labels(parts["classes"])
+    instances, classes = labels([b.instances for b in batches]), labels([b.classes for b in batches])
     if instances is not None and classes is None:  # untyped labels: every cell is class 1
         classes = [(part > 0).astype(np.uint8) for part in instances]
-    return ShardData(shard=shard, images=parts["images"], instances=instances, classes=classes,
-                     features=parts["features"], hashes=parts["hashes"])
+    features: dict[FeatureKey, list[np.ndarray] | FeatureShard] = {}
+    for key, first in encoded[0][1].items():
+        features[key] = first if isinstance(first, FeatureShard) else [host[key].numpy() for _, host in encoded]
+    return ShardData(shard=shard, images=[b.images for b in batches], instances=instances, classes=classes,
+                     features=features, hashes=[b.hashes for b in batches])

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from featurestore.bench import run_extract_bench
 
 
@@ -19,5 +21,7 @@ def test_extract_bench_row_describes_the_store_it_wrote(tmp_path, capsys):
     for row in rows:
         assert row.encoder_tiles_per_s > 0 and row.extract_tiles_per_s > 0 and row.read_tiles_per_s > 0
         assert row.extract_over_encoder > 0 and row.read_over_memmap > 0
+        assert row.replicas == torch.get_num_threads()
+        assert row.intra_op_encoder_tiles_per_s > 0 and row.extract_over_intra_op > 0
     assert [r["dtype"] for r in json.loads(out.read_text())] == ["float16", "int8"]
     assert "extr/enc" in capsys.readouterr().out
