@@ -229,9 +229,17 @@ def _store_into(target: FeatureShard, offset: int, values: torch.Tensor, dtype: 
         quantize_int8_into(values, stored, torch.from_numpy(target.scales.tiles[rows]))
         return target
     stored.copy_(values)
-    if dtype == "float16":
+    if dtype == "float16" and _overflowed(stored):
         stored.clamp_(-_F16_MAX, _F16_MAX)  # beyond float16's range: its largest finite value, not inf
     return target
+
+
+def _overflowed(stored: torch.Tensor) -> bool:
+    """Whether any value may have become infinite in float16. Reading the batch once is cheaper than clamping
+    it (a read and a write), and overflow is rare. A NaN hides the extremes, so it counts as overflow (the
+    clamp keeps NaN as NaN)."""
+    low, high = torch.aminmax(stored)
+    return not bool(torch.isfinite(low) and torch.isfinite(high))
 
 
 def _to_host(values: torch.Tensor, cuda: bool) -> torch.Tensor:

@@ -148,3 +148,26 @@ def test_a_failing_replica_ends_the_extraction_with_its_error(tmp_path, encoder,
     assert torch.get_num_threads() == 2
     done = open_store(str(tmp_path / "s.zarr")).done
     assert not done[4:].any()  # the shard whose batch failed is not marked done
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_values_beyond_float16_are_stored_as_its_largest_finite_value(dtype):
+    from featurestore.extract.shards import _store_into
+    from featurestore.store.shardfile import ShardBuffer, ShardLayout
+    from featurestore.store.writer import FeatureShard
+
+    values = torch.tensor([[1.5, -2.25, 1e6, -1e6, float("inf"), float("-inf"), float("nan"), 65504.0]]).view(1, 1, 2, 4)
+    target = FeatureShard(ShardBuffer(ShardLayout(2, (1, 2, 4), np.dtype(dtype)), 2), None)
+    _store_into(target, 1, values, dtype)
+    stored = target.values.tiles[1].ravel().astype(np.float64)
+    if dtype == "float16":
+        expected = [1.5, -2.25, 65504, -65504, 65504, -65504, np.nan, 65504]
+    else:
+        expected = [1.5, -2.25, 1e6, -1e6, np.inf, -np.inf, np.nan, 65504]
+    np.testing.assert_array_equal(stored, expected)
+    in_range = torch.full((1, 1, 2, 4), 3.0)
+    _store_into(target, 0, in_range, dtype)
+    assert (target.values.tiles[0] == 3.0).all()
+    without_nan = torch.tensor([7e4, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, -7.0]).view(1, 1, 2, 4)  # overflow alone
+    _store_into(target, 0, without_nan, dtype)
+    assert target.values.tiles[0].ravel()[0] == (65504 if dtype == "float16" else 7e4)
