@@ -7,11 +7,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from featurestore.encoders.encoder import pick_device
 from featurestore.extract.config import ExtractConfig
 from featurestore.extract.plan import ExtractionPlan, plan_extraction
+from featurestore.extract.replicas import set_process_threads
 from featurestore.extract.shards import encode_shards
 from featurestore.progress import progress_bar
 from featurestore.store.writer import open_or_create
@@ -91,4 +90,4 @@ def run_plan(plan: ExtractionPlan) -> ExtractSummary:
 def set_cpu_threads(n_workers: int) -> None:
     """Share the machine's cores between local workers instead of each taking all of them."""
     cores = os.cpu_count() or 1
-    torch.set_num_threads(max(1, cores // max(1, n_workers)))
+    set_process_threads(cores // max(1, n_workers))

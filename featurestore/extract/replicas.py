@@ -26,18 +26,33 @@ def replica_count(device: torch.device, requested: int | None = None) -> int:
     return 1 if device.type != "cpu" else max(1, torch.get_num_threads())
 
 
+# torch's intra-op thread count is one setting per process. Replicas lower it while they run, so every
+# change to it goes through this lock, and one set of replicas runs at a time in a process (a dask
+# worker may run several tasks at once: each would otherwise start a replica per core, and one task's
+# restore would hand another task's replicas every thread).
+_PROCESS_THREADS = threading.Lock()
+
+
+def set_process_threads(threads: int) -> None:
+    """Set torch's intra-op threads for this process, waiting for running replicas to finish first."""
+    with _PROCESS_THREADS:
+        torch.set_num_threads(max(1, threads))
+
+
 @contextmanager
 def threads_per_replica(replicas: int) -> Iterator[None]:
-    """torch's intra-op threads shared out between the replicas while they run, restored afterwards."""
+    """torch's intra-op threads shared out between the replicas while they run, restored afterwards; held
+    for the whole run (see `_PROCESS_THREADS`)."""
     if replicas <= 1:
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, before // replicas))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    with _PROCESS_THREADS:
+        before = torch.get_num_threads()
+        torch.set_num_threads(max(1, before // replicas))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 class Worker(threading.Thread):
@@ -58,26 +73,27 @@ class Worker(threading.Thread):
 def run_replicas(replicas: int, loop: Callable[[], None], on_error: Callable[[], None]) -> None:
     """Run `loop` on the calling thread and on `replicas - 1` more threads, each taking its own work until
     none is left. `on_error` tells the other loops to stop when one fails; the first failure is raised
-    once all have stopped."""
-    with threads_per_replica(replicas):
-        def guarded() -> None:
-            try:
-                loop()
-            except BaseException:
-                on_error()
-                raise
-
-        others = [Worker(guarded, f"cellgap-replica-{i}") for i in range(1, replicas)]
-        for thread in others:
-            thread.start()
+    once all have stopped (also after Ctrl-C, which can arrive while the calling thread waits for them)."""
+    def guarded() -> None:
         try:
             loop()
         except BaseException:
             on_error()
             raise
-        finally:
+
+    with threads_per_replica(replicas):
+        others = [Worker(guarded, f"cellgap-replica-{i}") for i in range(1, replicas)]
+        for thread in others:
+            thread.start()
+        try:
+            loop()
             for thread in others:
                 thread.join()
+        except BaseException:
+            on_error()
+            for thread in others:
+                thread.join()  # each stops after its current batch
+            raise
         for thread in others:
             if thread.error is not None:
                 raise thread.error

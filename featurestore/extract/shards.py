@@ -104,6 +104,8 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
     `replicas` (CPU only) splits torch's threads between that many encoder replicas; by default one
     single-threaded replica per thread.
     """
+    if len(set(shards)) != len(shards):
+        raise ValueError(f"shards listed more than once: {sorted(s for s in set(shards) if list(shards).count(s) > 1)}")
     cuda = encoder.device.type == "cuda"
     n_replicas = replica_count(encoder.device, replicas)
     n_writers = writer_threads or (4 if cuda else 1)

@@ -171,3 +171,62 @@ def test_values_beyond_float16_are_stored_as_its_largest_finite_value(dtype):
     without_nan = torch.tensor([7e4, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, -7.0]).view(1, 1, 2, 4)  # overflow alone
     _store_into(target, 0, without_nan, dtype)
     assert target.values.tiles[0].ravel()[0] == (65504 if dtype == "float16" else 7e4)
+
+
+def test_replicas_of_two_jobs_in_one_process_take_turns(two_threads):
+    """A dask worker may run two extraction tasks at once: their replicas must not overlap (each would
+    take a core per replica, and one job's restore would give the other's replicas every thread)."""
+    spans: list[tuple[float, float, int]] = []
+    lock = threading.Lock()
+
+    def job() -> None:
+        def loop() -> None:
+            started = time.perf_counter()
+            time.sleep(0.2)
+            with lock:
+                spans.append((started, time.perf_counter(), torch.get_num_threads()))
+
+        run_replicas(2, loop, on_error=lambda: None)
+
+    jobs = [threading.Thread(target=job) for _ in range(2)]
+    for thread in jobs:
+        thread.start()
+    for thread in jobs:
+        thread.join(10)
+    assert len(spans) == 4 and all(threads == 1 for _, _, threads in spans)
+    first, second = sorted(spans)[:2], sorted(spans)[2:]
+    assert max(end for _, end, _ in first) <= min(start for start, _, _ in second)
+    assert torch.get_num_threads() == 2
+
+
+def test_ctrl_c_while_waiting_for_replicas_stops_them_before_it_is_raised(two_threads, monkeypatch):
+    from featurestore.extract import replicas
+
+    stop = threading.Event()
+    real_join = replicas.Worker.join
+    interrupted = []
+
+    def join_interrupted_once(self, timeout=None):
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return real_join(self, timeout)
+
+    monkeypatch.setattr(replicas.Worker, "join", join_interrupted_once)
+
+    def loop() -> None:
+        if threading.current_thread() is not threading.main_thread():
+            stop.wait(10)  # a replica in the middle of its work until told to stop
+
+    with pytest.raises(KeyboardInterrupt):
+        run_replicas(2, loop, on_error=stop.set)
+    assert stop.is_set()
+    assert not [t for t in threading.enumerate() if t.name.startswith("cellgap-replica")]
+    assert torch.get_num_threads() == 2
+
+
+def test_a_shard_listed_twice_is_refused(tmp_path, encoder):
+    dataset = open_dataset("synthetic:8")
+    writer = _writer(tmp_path / "s.zarr", encoder, dataset)
+    with pytest.raises(ValueError, match=r"more than once: \[1\]"):
+        encode_shards(dataset, encoder, writer, [0, 1, 1], batch_size=2)
