@@ -10,7 +10,7 @@ from pathlib import Path
 from featurestore.encoders.encoder import pick_device
 from featurestore.extract.config import ExtractConfig
 from featurestore.extract.plan import ExtractionPlan, plan_extraction
-from featurestore.extract.replicas import set_process_threads
+from featurestore.extract.replicas import replica_count, set_process_threads
 from featurestore.extract.shards import encode_shards
 from featurestore.progress import progress_bar
 from featurestore.store.writer import open_or_create
@@ -26,6 +26,7 @@ class ExtractSummary:
     seconds: float
     bytes_on_disk: int | None
     already_complete: bool
+    encoder_replicas: int | None = None  # CPU replicas of a local run (None: on dask workers)
 
     @property
     def tiles_per_second(self) -> float:
@@ -40,8 +41,10 @@ class ExtractSummary:
             return [f"{self.store}: all {self.tiles_total} tiles are already stored; nothing to do"]
         size = f"{self.bytes_on_disk / 2**20:.1f} MiB on disk, {self.bytes_per_tile / 2**10:.0f} KiB/tile" \
             if self.bytes_per_tile else "size unknown (remote store)"
+        replicas = "" if self.encoder_replicas is None else \
+            f" with {self.encoder_replicas} encoder replica{'s' if self.encoder_replicas > 1 else ''}"
         return [f"{self.store}: wrote {self.tiles_written} tiles ({self.tiles_total} in the store) in "
-                f"{self.seconds:.1f} s, {self.tiles_per_second:.1f} tiles/s; {size}"]
+                f"{self.seconds:.1f} s{replicas}, {self.tiles_per_second:.1f} tiles/s; {size}"]
 
 
 def directory_bytes(location: str) -> int | None:
@@ -67,6 +70,7 @@ def run_plan(plan: ExtractionPlan) -> ExtractSummary:
     if existed:
         log.info("resuming %s: %d of %d tiles left", config.store, n_pending, len(metas))
     started = time.perf_counter()
+    replicas = None
     with progress_bar(n_pending, "extract", unit="tile", enabled=config.progress) as bar:
         if config.workers or config.scheduler:
             from featurestore.extract.distributed import run_on_dask
@@ -80,11 +84,12 @@ def run_plan(plan: ExtractionPlan) -> ExtractSummary:
             device = pick_device(config.device)
             if plan.encoder.device != device:
                 plan.encoder.to(device)  # planned on another device (compare plans on the CPU)
+            replicas = replica_count(device, config.replicas)
             written = encode_shards(plan.dataset, plan.encoder, writer, pending, config.batch_size, on_tiles=bar.update,
-                                    replicas=config.replicas)
+                                    replicas=replicas)
     seconds = time.perf_counter() - started
     writer.finalize()
-    return ExtractSummary(config.store, len(metas), written, seconds, directory_bytes(config.store), False)
+    return ExtractSummary(config.store, len(metas), written, seconds, directory_bytes(config.store), False, replicas)
 
 
 def set_cpu_threads(n_workers: int) -> None:

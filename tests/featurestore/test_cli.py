@@ -86,3 +86,12 @@ def test_encoders_lists_presets(capsys):
     out = capsys.readouterr().out
     for name in ("imagenet/efficientnet_lite0", "convnext_base_22k", "uni2_h", "virchow2", "prov_gigapath"):
         assert name in out
+
+
+def test_extract_replicas_flag_reaches_the_job_and_refuses_zero(tmp_path):
+    common = ("extract", "--dataset", "synthetic:4", "--encoder", "convnext_atto", "--pretrained", "false",
+              "--batch-size", "1", "--shard-tiles", "2", "--no-progress", "--device", "cpu")
+    three = run_cli(*common, "--store", str(tmp_path / "three.zarr"), "--replicas", "3")
+    assert three.returncode == 0, three.stderr
+    assert "wrote 4 tiles" in three.stdout and "with 3 encoder replicas" in three.stdout
+    _one_line_error(run_cli(*common, "--store", str(tmp_path / "zero.zarr"), "--replicas", "0"), "--replicas", ">= 1")
