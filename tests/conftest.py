@@ -1,13 +1,48 @@
-"""Shared fixtures: small data sets written in every supported format from the synthetic generator."""
+"""Shared fixtures: small data sets written in every supported format from the synthetic generator, torch's
+thread count held for a test, and a call run in a thread that must not hang."""
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set for a block and restored after it (a process-wide setting)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def error_of(call: Callable[[], object], timeout: float) -> BaseException | None:
+    """Run `call` in a daemon thread and return what it raised (None if nothing); fails the test if it is still
+    running after `timeout` seconds, which is how a hang shows up."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"still running after {timeout} s: it hung"
+    return raised[0] if raised else None
 
 
 def synthetic_tiles(n: int, seed: int = 0, n_classes: int = 3, size: int = 256):

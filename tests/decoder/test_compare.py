@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.conftest import torch_threads
+
 CELLGAP = str(Path(sys.executable).with_name("cellgap"))
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "compare-synthetic.yaml"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per job: fastest on a small, shared CPU
@@ -49,12 +51,8 @@ def grid(tmp_path_factory):
 
 @pytest.fixture
 def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def _runs(out: Path) -> dict[tuple[str, str], list[dict]]:

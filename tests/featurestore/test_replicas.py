@@ -17,6 +17,7 @@ from featurestore.extract.shards import encode_shards
 from featurestore.store import open_store
 from featurestore.store.manifest import StorageRecord, new_manifest
 from featurestore.store.writer import open_or_create
+from tests.conftest import error_of, torch_threads
 from tests.featurestore.test_store import extract
 
 
@@ -27,10 +28,8 @@ def encoder() -> FrozenEncoder:
 
 @pytest.fixture
 def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield
 
 
 def _writer(path, encoder, dataset, shard_tiles=4):
@@ -132,19 +131,8 @@ def test_a_failing_replica_ends_the_extraction_with_its_error(tmp_path, encoder,
         return real_call(self, tiles)
 
     monkeypatch.setattr(FrozenEncoder, "__call__", failing)
-    outcome: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            encode_shards(dataset, encoder, writer, [0, 1], batch_size=1, replicas=2)
-        except BaseException as error:
-            outcome.append(error)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(60)
-    assert not thread.is_alive(), "extraction hung after a replica failed"
-    assert outcome and "out of memory in a replica" in str(outcome[0])
+    error = error_of(lambda: encode_shards(dataset, encoder, writer, [0, 1], batch_size=1, replicas=2), 60)
+    assert error is not None and "out of memory in a replica" in str(error)
     assert torch.get_num_threads() == 2
     done = open_store(str(tmp_path / "s.zarr")).done
     assert not done[4:].any()  # the shard whose batch failed is not marked done
