@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -104,8 +105,9 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
     `replicas` (CPU only) splits torch's threads between that many encoder replicas; by default one
     single-threaded replica per thread.
     """
-    if len(set(shards)) != len(shards):
-        raise ValueError(f"shards listed more than once: {sorted(s for s in set(shards) if list(shards).count(s) > 1)}")
+    repeated = sorted(shard for shard, count in Counter(shards).items() if count > 1)
+    if repeated:
+        raise ValueError(f"shards listed more than once: {repeated}")
     cuda = encoder.device.type == "cuda"
     n_replicas = replica_count(encoder.device, replicas)
     n_writers = writer_threads or (4 if cuda else 1)
