@@ -10,18 +10,20 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from featurestore.allocator import keep_freed_memory
-from featurestore.clitools import OneLineParser
-from featurestore.errors import CellgapError
-from featurestore.version import cellgap_version
+from cellgap.core.allocator import keep_freed_memory
+from cellgap.core.clitools import OneLineParser
+from cellgap.core.errors import CellgapError
+from cellgap.core.version import cellgap_version
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full parser: featurestore, decoder and api each add their own commands."""
-    import api.cli
-    import decoder.cli
-    import featurestore.cli
+    """The full parser: each package adds its own commands."""
     from cellgap import demo
+    from cellgap.api import cli as api_cli
+    from cellgap.compare import cli as compare_cli
+    from cellgap.decoder import cli as decoder_cli
+    from cellgap.featurestore import cli as featurestore_cli
+    from cellgap.metrics import cli as metrics_cli
 
     parser = OneLineParser(
         prog="cellgap",
@@ -32,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
     bench = commands.add_parser("bench", help="measure ratios that the design promises, in one run")
     bench_commands = bench.add_subparsers(dest="bench", metavar="WHAT", required=True, parser_class=OneLineParser)
-    for package_cli in (featurestore.cli, decoder.cli, api.cli):
+    for package_cli in (featurestore_cli, metrics_cli, decoder_cli, compare_cli, api_cli):
         package_cli.register(commands, bench_commands)
     demo.register(commands)
     return parser
@@ -43,7 +45,7 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--malloc", choices=("keep", "system"), default="keep",
                         help="keep: large blocks stay in the heap (up to 2x faster CPU forward passes, "
-                             "see featurestore/allocator.py); system: glibc's defaults")
+                             "see cellgap/core/allocator.py); system: glibc's defaults")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

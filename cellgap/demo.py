@@ -23,17 +23,17 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from decoder.metrics.evaluate import evaluate_sources, write_json
-    from decoder.metrics.report import format_report
-    from decoder.predict import predict_store
-    from decoder.training.config import TrainConfig
-    from decoder.training.loop import train
-    from featurestore.datasets import open_label_source
-    from featurestore.encoders import EncoderSettings
-    from featurestore.extract.config import ExtractConfig
-    from featurestore.extract.job import run_extraction
-    from featurestore.store import open_store
-    from featurestore.store.info import describe, format_info
+    from cellgap.decoder.predict import predict_store
+    from cellgap.decoder.training.config import TrainConfig
+    from cellgap.decoder.training.loop import train
+    from cellgap.featurestore.datasets import open_label_source
+    from cellgap.featurestore.encoders import EncoderSettings
+    from cellgap.featurestore.extract.config import ExtractConfig
+    from cellgap.featurestore.extract.job import run_extraction
+    from cellgap.featurestore.store import open_store
+    from cellgap.featurestore.store.info import describe, format_info
+    from cellgap.metrics.evaluate import evaluate_sources, write_json
+    from cellgap.metrics.report import format_report
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

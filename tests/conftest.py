@@ -46,7 +46,7 @@ def error_of(call: Callable[[], object], timeout: float) -> BaseException | None
 
 
 def synthetic_tiles(n: int, seed: int = 0, n_classes: int = 3, size: int = 256):
-    from featurestore.datasets.synthetic import make_tile
+    from cellgap.featurestore.datasets.synthetic import make_tile
 
     return [make_tile(seed * 1000 + i, size=size, n_classes=n_classes) for i in range(n)]
 

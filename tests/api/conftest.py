@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from api.app import create_app
-from api.settings import Settings
-from decoder.postprocess import Instances
+from cellgap.api.app import create_app
+from cellgap.api.settings import Settings
+from cellgap.decoder.postprocess import Instances
 
 TILE = 64
 
@@ -145,7 +145,7 @@ def server(tiny_run):
     """`cellgap serve` on loopback over the tiny run, with an API key and small limits; (client, process)."""
     import httpx
 
-    from api.bench import serve_in_subprocess
+    from cellgap.api.bench import serve_in_subprocess
 
     env = {**ONE_THREAD, "CELLGAP_API_KEY": KEY, "CELLGAP_MAX_BODY_BYTES": str(8 * 1024 * 1024),
            "CELLGAP_MAX_IMAGE_PIXELS": str(1024 * 1024)}

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from api.app import create_app
+from cellgap.api.app import create_app
 from tests.api.conftest import TILE, FakePredictor, blob_tile, make_settings, npy_bytes, png_bytes
 
 
@@ -224,7 +224,7 @@ def test_without_a_run_only_prediction_is_unavailable():
 
 
 def test_a_broken_run_fails_startup():
-    from decoder.errors import DecoderError
+    from cellgap.decoder.errors import DecoderError
 
     def broken(_):
         raise DecoderError("run folder is damaged")

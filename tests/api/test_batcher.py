@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from api.batcher import BatcherClosedError, DynamicBatcher, QueueFullError
+from cellgap.api.batcher import BatcherClosedError, DynamicBatcher, QueueFullError
 
 
 def test_concurrent_items_share_batches_and_one_worker_thread():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
+from cellgap.api.app import create_app
 from tests.api.conftest import make_settings, npy_bytes
 from tests.conftest import synthetic_tiles
 

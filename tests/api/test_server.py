@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from api.bench import serve_in_subprocess
-from featurestore.datasets.synthetic import make_image, make_tile
+from cellgap.api.bench import serve_in_subprocess
+from cellgap.featurestore.datasets.synthetic import make_image, make_tile
 from tests.api.conftest import AUTH, ONE_THREAD, npy_bytes, png_bytes, rss_mib
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from api.errors import InvalidInputError, TooLargeError, UnsupportedMediaError
-from api.uploads import Limits, decode_image, decode_labels, sniff
+from cellgap.api.errors import InvalidInputError, TooLargeError, UnsupportedMediaError
+from cellgap.api.uploads import Limits, decode_image, decode_labels, sniff
 from tests.api.conftest import blob_tile, npy_bytes, png_bytes
 
 LIMITS = Limits(max_pixels=512 * 512)

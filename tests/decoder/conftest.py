@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from featurestore.encoders import EncoderSettings
-from featurestore.extract.config import ExtractConfig
-from featurestore.extract.job import run_extraction
+from cellgap.featurestore.encoders import EncoderSettings
+from cellgap.featurestore.extract.config import ExtractConfig
+from cellgap.featurestore.extract.job import run_extraction
 
 
 def make_store(path: Path, encoder: str = "convnext_atto", tiles: int = 10, layers: str = "default", **options) -> Path:
@@ -29,8 +29,8 @@ def vit_store(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, conv_store) -> Path:
-    from decoder.training.config import TrainConfig
-    from decoder.training.loop import train
+    from cellgap.decoder.training.config import TrainConfig
+    from cellgap.decoder.training.loop import train
 
     out = tmp_path_factory.mktemp("runs") / "run"
     train(TrainConfig(store=str(conv_store), out=out, epochs=2, batch_size=4, progress=False))

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from decoder.augment import ddm_view_mapping, view_ddm
-from decoder.targets import TargetConfig, compute_targets
-from featurestore.datasets.synthetic import make_tile
-from featurestore.views import ALL_VIEWS, apply_view
+from cellgap.core.views import ALL_VIEWS, apply_view
+from cellgap.decoder.augment import ddm_view_mapping, view_ddm
+from cellgap.decoder.targets import TargetConfig, compute_targets
+from cellgap.featurestore.datasets.synthetic import make_tile
 
 
 @pytest.mark.parametrize("view", ALL_VIEWS)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from decoder.losses import CiscaLoss, LossWeights
-from decoder.networks import CellDecoder, DecoderConfig, count_parameters, flops_per_tile, network_spec
-from featurestore.store import open_store
+from cellgap.decoder.losses import CiscaLoss, LossWeights
+from cellgap.decoder.networks import CellDecoder, DecoderConfig, count_parameters, flops_per_tile, network_spec
+from cellgap.featurestore.store import open_store
 
 
 def _model_and_inputs(store_path, n_classes=3, batch=2):
@@ -49,7 +49,7 @@ def test_decoder_is_small_next_to_the_encoders_it_serves(conv_store):
 
 
 def test_one_training_step_reduces_the_loss(conv_store):
-    from decoder.targets_cache import TargetCache, target_config_for
+    from cellgap.decoder.targets_cache import TargetCache, target_config_for
 
     model, spec, features, image, store = _model_and_inputs(conv_store, batch=4)
     cache = TargetCache(store, target_config_for(store))

@@ -12,7 +12,7 @@ from matplotlib.path import Path as MplPath
 from PIL import Image
 from scipy import ndimage as ndi
 
-from decoder.outputs import (
+from cellgap.decoder.outputs import (
     CSV_COLUMNS,
     PALETTE,
     OutputNameError,
@@ -27,9 +27,9 @@ from decoder.outputs import (
     write_class_names,
     write_prediction,
 )
-from decoder.postprocess import Instances
-from featurestore.datasets import open_label_source
-from featurestore.datasets.synthetic import CLASS_NAMES, make_tile
+from cellgap.decoder.postprocess import Instances
+from cellgap.featurestore.datasets import open_label_source
+from cellgap.featurestore.datasets.synthetic import CLASS_NAMES, make_tile
 
 NAMES = ("tumour", "lymphocyte", "stromal")
 

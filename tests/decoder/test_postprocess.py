@@ -6,9 +6,9 @@ import pydantic
 import pytest
 from scipy import ndimage as ndi
 
-from decoder.kernels import DIRECTIONS, directional_kernels
-from decoder.postprocess import Instances, PostprocessConfig, contour_map, pool_classes, postprocess
-from decoder.targets import TargetConfig, compute_targets, one_hot
+from cellgap.decoder.kernels import DIRECTIONS, directional_kernels
+from cellgap.decoder.postprocess import Instances, PostprocessConfig, contour_map, pool_classes, postprocess
+from cellgap.decoder.targets import TargetConfig, compute_targets, one_hot
 
 N_CLASSES = 5
 

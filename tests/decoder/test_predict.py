@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from decoder.errors import CheckpointError, PredictionError
-from decoder.inference import TileMaps
-from decoder.predictor import Predictor
-from decoder.sliding import blend_windows, window_weight
-from featurestore.errors import ManifestMismatchError
+from cellgap.decoder.errors import CheckpointError, PredictionError
+from cellgap.decoder.inference import TileMaps
+from cellgap.decoder.predictor import Predictor
+from cellgap.decoder.sliding import blend_windows, window_weight
+from cellgap.featurestore.errors import ManifestMismatchError
 
 CELLGAP = str(Path(sys.executable).with_name("cellgap"))
 
@@ -47,10 +47,10 @@ def test_blending_reproduces_a_map_exactly_where_windows_agree():
 def test_predict_image_of_600x700_finds_the_cells_of_the_whole_image_once(trained_run):
     """The predictor's own windowing, blending and post-processing, fed ideal maps per window (a 2-epoch
     model finds too few cells to tell): the same cells as post-processing ideal maps of the whole image."""
-    from decoder.inference import instances_of
-    from decoder.targets import TargetConfig, compute_targets, one_hot
-    from featurestore.datasets.synthetic import make_image
-    from featurestore.datasets.tiling import tile_origins
+    from cellgap.core.tiling import tile_origins
+    from cellgap.decoder.inference import instances_of
+    from cellgap.decoder.targets import TargetConfig, compute_targets, one_hot
+    from cellgap.featurestore.datasets.synthetic import make_image
 
     predictor = Predictor.from_run(trained_run)
     field = make_image(11, 600, 700)
@@ -98,7 +98,7 @@ def test_predict_store_then_evaluate(tmp_path, trained_run, conv_store):
 def test_predict_images_encodes_on_the_fly(tmp_path, trained_run):
     from skimage import io
 
-    from featurestore.datasets.synthetic import make_image
+    from cellgap.featurestore.datasets.synthetic import make_image
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -112,7 +112,7 @@ def test_predict_images_encodes_on_the_fly(tmp_path, trained_run):
 
 def test_store_of_another_encoder_is_refused(tmp_path, trained_run, vit_store):
     with pytest.raises(ManifestMismatchError, match="holds features of encoder 'vit_tiny'"):
-        from decoder.predict import predict_store
+        from cellgap.decoder.predict import predict_store
 
         predict_store(trained_run, str(vit_store), None, tmp_path / "p", progress=False)
     result = run_cli("predict", "--run", str(trained_run), "--store", str(vit_store), "--out", str(tmp_path / "q"))
@@ -153,10 +153,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path, trained_run):
 def test_cells_cut_by_window_borders_are_found_once():
     """Windows whose maps describe cells cut at their borders (as a real model sees them) blend into maps
     that post-process to the same cells as maps of the whole image: nothing doubled along window seams."""
-    from decoder.inference import instances_of, postprocess_preset
-    from decoder.targets import TargetConfig, compute_targets, one_hot
-    from featurestore.datasets.synthetic import make_image
-    from featurestore.datasets.tiling import tile_origins
+    from cellgap.core.tiling import tile_origins
+    from cellgap.decoder.inference import instances_of, postprocess_preset
+    from cellgap.decoder.targets import TargetConfig, compute_targets, one_hot
+    from cellgap.featurestore.datasets.synthetic import make_image
 
     field = make_image(21, 600, 700)
     config = TargetConfig(magnification=20)

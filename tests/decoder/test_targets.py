@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage as ndi
 
-from decoder.kernels import flat_filter, footprint
-from decoder.targets import (
+from cellgap.decoder.kernels import flat_filter, footprint
+from cellgap.decoder.targets import (
     BACKGROUND,
     BODY,
     BOUNDARY,

@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import zarr
 
-from decoder.targets_cache import TargetCache, encode_targets, target_config_for
-from featurestore.store import open_store
+from cellgap.decoder.targets_cache import TargetCache, encode_targets, target_config_for
+from cellgap.featurestore.store import open_store
 
 
 def test_tiles_extracted_after_the_cache_was_filled_get_their_targets(tmp_path, conv_store):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from decoder.errors import CheckpointError, TrainingError
-from decoder.training.checkpoint import load_checkpoint
-from decoder.training.config import TrainConfig, load_train_config
-from decoder.training.loop import train
+from cellgap.decoder.checkpoint import load_checkpoint
+from cellgap.decoder.errors import CheckpointError, TrainingError
+from cellgap.decoder.training.config import TrainConfig, load_train_config
+from cellgap.decoder.training.loop import train
 
 CELLGAP = str(Path(sys.executable).with_name("cellgap"))
 
@@ -32,9 +32,9 @@ def test_run_directory_holds_everything(trained_run):
 
 def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path, trained_run, conv_store):
     """Saving then loading gives back the model in memory (not merely two equal loads of one file)."""
-    from decoder.networks import CellDecoder, on_device
-    from decoder.training.checkpoint import save_checkpoint
-    from featurestore.store import open_store
+    from cellgap.decoder.checkpoint import save_checkpoint
+    from cellgap.decoder.networks import CellDecoder, on_device
+    from cellgap.featurestore.store import open_store
 
     trained = load_checkpoint(trained_run / "model.safetensors")
     torch.manual_seed(5)
@@ -96,7 +96,7 @@ def test_yaml_config_is_validated_once(tmp_path, conv_store):
     config = load_train_config(path, {"epochs": 5, "lr": None})
     assert config.epochs == 5 and config.augment == "d4" and config.loss.celltype == 4
     path.write_text("store: x\nout: y\nepochs: zero\n")
-    from decoder.errors import DecoderError
+    from cellgap.decoder.errors import DecoderError
 
     with pytest.raises(DecoderError, match="'epochs'"):
         load_train_config(path, {})

@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from featurestore.bench import run_extract_bench
+from cellgap.featurestore.bench import run_extract_bench
 
 
 def test_extract_bench_row_describes_the_store_it_wrote(tmp_path, capsys):

@@ -27,10 +27,35 @@ def test_help_lists_every_command():
 def test_extract_folder_prints_a_summary(tmp_path, tiles4):
     root = write_folder(tmp_path / "f", tiles4[:2])
     result = run_cli("extract", "--dataset", f"folder:{root}", "--encoder", "convnext_atto", "--pretrained", "false",
-                     "--store", str(tmp_path / "s.zarr"), "--batch-size", "2")
+                     "--store", str(tmp_path / "s.zarr"), "--batch-size", "2", "--magnification", "20")
     assert result.returncode == 0, result.stderr
     assert "wrote 2 tiles" in result.stdout and "KiB/tile" in result.stdout and "tiles/s" in result.stdout
     assert result.stderr.strip() == ""  # no bar lines when stderr is not a terminal
+    info = run_cli("store", "info", str(tmp_path / "s.zarr"))
+    assert "magnification 20x (flag)" in info.stdout
+
+
+def test_unknown_magnification_is_said_once_and_recorded_as_assumed(tmp_path, tiles4):
+    from cellgap.featurestore.store import open_store
+
+    root = write_folder(tmp_path / "f", tiles4[:2])
+    result = run_cli("extract", "--dataset", f"folder:{root}", "--encoder", "convnext_atto", "--pretrained", "false",
+                     "--store", str(tmp_path / "s.zarr"), "--batch-size", "2")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "magnification" in line]
+    assert len(warnings) == 1 and "--magnification" in warnings[0] and "40x" in warnings[0]
+    dataset = open_store(str(tmp_path / "s.zarr")).manifest.dataset
+    assert (dataset.magnification, dataset.magnification_source) == (40, "assumed")
+    again = run_cli("extract", "--dataset", f"folder:{root}", "--encoder", "convnext_atto", "--pretrained", "false",
+                    "--store", str(tmp_path / "s.zarr"), "--batch-size", "2", "--magnification", "20")
+    assert again.returncode == 2 and "magnification" in again.stderr  # another magnification is another store
+
+
+def test_magnification_contradicting_the_data_set_is_one_line(tmp_path):
+    result = run_cli("extract", "--dataset", "synthetic:2", "--encoder", "convnext_atto", "--pretrained", "false",
+                     "--store", str(tmp_path / "s.zarr"), "--magnification", "40")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "contradicts" in result.stderr
 
 
 def _one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -51,7 +76,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, tiles4):
     np.save(root / "labels" / "tile0.npy", np.zeros((10, 10), np.int32))
     _one_line_error(run_cli("extract", "--dataset", f"folder:{root}", "--store", str(tmp_path / "c.zarr"), *base),
                     "tile0.npy", "10x10", "256x256")
-    from featurestore.store import open_store
+    from cellgap.featurestore.store import open_store
 
     assert not open_store(str(tmp_path / "c.zarr")).done.any()  # the failed tile is not marked done
     good = write_conic(tmp_path / "conic", tiles4[:2])
@@ -76,7 +101,7 @@ def test_store_of_another_encoder_on_the_command_line(tmp_path, tiles4):
     result = run_cli("extract", "--dataset", f"conic:{good}", "--store", store, "--encoder", "vit_tiny", "--pretrained",
                      "false", "--no-progress")
     _one_line_error(result, "written by encoder 'convnext_atto'")
-    from featurestore.store import open_store
+    from cellgap.featurestore.store import open_store
 
     assert open_store(store).done.all()  # the refused run left the store as it was
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from featurestore.datasets import open_dataset, open_label_source, parse_spec
-from featurestore.errors import DatasetError, DatasetNotFoundError
+from cellgap.featurestore.datasets import open_dataset, open_label_source, parse_spec
+from cellgap.featurestore.errors import DatasetError, DatasetNotFoundError
 from tests.conftest import write_conic, write_cytodark0, write_folder, write_pannuke
 
 
@@ -77,7 +77,7 @@ def test_dataset_split_file_is_kept(tmp_path, tiles4):
 
 @pytest.mark.parametrize("fmt", ["conic", "pannuke", "folder"])
 def test_split_file_is_read_once_for_splits_and_info(tmp_path, tiles4, fmt, monkeypatch):
-    from featurestore.datasets import conic, folder, pannuke
+    from cellgap.featurestore.datasets import conic, folder, pannuke
 
     writers = {"conic": lambda: write_conic(tmp_path / "c", tiles4, patch_info=False),
                "pannuke": lambda: write_pannuke(tmp_path / "p", tiles4), "folder": lambda: write_folder(tmp_path / "f", tiles4)}
@@ -126,7 +126,7 @@ def test_folder_class_names_with_padded_ids(tmp_path, tiles4):
 def test_folder_cuts_large_images_into_covering_tiles(tmp_path):
     from skimage import io
 
-    from featurestore.datasets.synthetic import make_image
+    from cellgap.featurestore.datasets.synthetic import make_image
 
     big = make_image(7, 300, 520)
     (tmp_path / "f" / "images").mkdir(parents=True)
@@ -152,7 +152,7 @@ def test_folder_without_labels_is_inference_only(tmp_path, tiles4):
 
 
 def test_cytodark0_tiles_and_folds(tmp_path):
-    from featurestore.datasets.synthetic import make_image
+    from cellgap.featurestore.datasets.synthetic import make_image
 
     images, labels = [], []
     for seed in range(3):
@@ -230,8 +230,8 @@ def _per_tile(dataset, start: int, stop: int):
 @pytest.mark.parametrize(("label_dtype", "fast"), [(np.int32, True), (np.uint16, True), (np.int8, True),
                                                    (np.int64, False), (np.uint32, False), (np.float32, False)])
 def test_conic_batch_read_equals_tile_reads(tmp_path, tiles4, label_dtype, fast, monkeypatch):
-    from featurestore.datasets.base import read_tiles
-    from featurestore.datasets.conic import CoNICDataset
+    from cellgap.featurestore.datasets.base import read_tiles
+    from cellgap.featurestore.datasets.conic import CoNICDataset
 
     root = write_conic(tmp_path / "conic", tiles4)
     labels = np.load(root / "labels.npy")
@@ -252,7 +252,7 @@ def test_conic_batch_read_equals_tile_reads(tmp_path, tiles4, label_dtype, fast,
 
 
 def test_conic_boolean_labels_are_refused_in_batches_too(tmp_path, tiles4):
-    from featurestore.datasets.base import read_tiles
+    from cellgap.featurestore.datasets.base import read_tiles
 
     root = write_conic(tmp_path / "conic", tiles4)
     np.save(root / "labels.npy", np.load(root / "labels.npy") > 0)
@@ -261,7 +261,7 @@ def test_conic_boolean_labels_are_refused_in_batches_too(tmp_path, tiles4):
 
 
 def test_conic_batch_read_names_the_bad_tile(tmp_path, tiles4):
-    from featurestore.datasets.base import read_tiles
+    from cellgap.featurestore.datasets.base import read_tiles
 
     root = write_conic(tmp_path / "conic", tiles4)
     labels = np.load(root / "labels.npy")
@@ -285,8 +285,8 @@ def test_conic_batch_read_names_the_bad_tile(tmp_path, tiles4):
     (-1, 1, r"labels\.npy\[2\]: instance ids must lie"),
 ])
 def test_conic_int32_pairs_check_every_bit(tmp_path, tiles4, instance, cls, error, monkeypatch):
-    from featurestore.datasets.base import read_tiles
-    from featurestore.datasets.conic import CoNICDataset
+    from cellgap.featurestore.datasets.base import read_tiles
+    from cellgap.featurestore.datasets.conic import CoNICDataset
 
     root = write_conic(tmp_path / "conic", tiles4)
     labels = np.load(root / "labels.npy").astype("<i4")
@@ -304,7 +304,7 @@ def test_conic_int32_pairs_check_every_bit(tmp_path, tiles4, instance, cls, erro
 
 
 def test_conic_big_endian_labels_read_alike(tmp_path, tiles4):
-    from featurestore.datasets.base import read_tiles
+    from cellgap.featurestore.datasets.base import read_tiles
 
     root = write_conic(tmp_path / "conic", tiles4)
     labels = np.load(root / "labels.npy")
@@ -315,7 +315,7 @@ def test_conic_big_endian_labels_read_alike(tmp_path, tiles4):
 
 
 def test_batch_read_checks_tile_size(tmp_path, tiles4):
-    from featurestore.datasets.base import read_tiles
+    from cellgap.featurestore.datasets.base import read_tiles
 
     conic = open_dataset(f"conic:{write_conic(tmp_path / 'conic', tiles4)}")
     with pytest.raises(DatasetError, match=r"tile crag_0-0000: image is \(256, 256, 3\), expected \(128, 128, 3\)"):

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from featurestore.encoders import EncoderSettings, FrozenEncoder
-from featurestore.encoders.encoder import build_model, pick_device
-from featurestore.encoders.layers import select_layers, vit_block_indices
-from featurestore.encoders.registry import PRESETS, resolve_preset
-from featurestore.errors import EncoderError
+from cellgap.featurestore.encoders import EncoderSettings, FrozenEncoder
+from cellgap.featurestore.encoders.encoder import build_model, pick_device
+from cellgap.featurestore.encoders.layers import select_layers, vit_block_indices
+from cellgap.featurestore.encoders.registry import PRESETS, resolve_preset
+from cellgap.featurestore.errors import EncoderError
 
 
 def _layers(settings: EncoderSettings):
@@ -154,7 +154,7 @@ def test_device_choice_never_assumes_cuda():
 def test_vit_family_comes_from_the_timm_module(name, family, dynamic):
     import timm
 
-    from featurestore.encoders.registry import takes_dynamic_size
+    from cellgap.featurestore.encoders.registry import takes_dynamic_size
 
     preset = resolve_preset(name)
     assert preset.family == family and takes_dynamic_size(preset) is dynamic
@@ -170,7 +170,7 @@ def test_vit_family_comes_from_the_timm_module(name, family, dynamic):
 
 
 def test_presets_of_hub_vits_are_built_with_dynamic_size():
-    from featurestore.encoders.registry import takes_dynamic_size
+    from cellgap.featurestore.encoders.registry import takes_dynamic_size
 
     vits = [p for p in PRESETS.values() if p.family == "vit"]
     assert vits and all(takes_dynamic_size(p) for p in vits)

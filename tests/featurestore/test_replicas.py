@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from featurestore.datasets import open_dataset
-from featurestore.encoders.encoder import EncoderSettings, FrozenEncoder
-from featurestore.extract.replicas import replica_count, run_replicas, threads_per_replica
-from featurestore.extract.shards import encode_shards
-from featurestore.store import open_store
-from featurestore.store.manifest import StorageRecord, new_manifest
-from featurestore.store.writer import open_or_create
+from cellgap.featurestore.datasets import open_dataset
+from cellgap.featurestore.encoders.encoder import EncoderSettings, FrozenEncoder
+from cellgap.featurestore.extract.replicas import replica_count, run_replicas, threads_per_replica
+from cellgap.featurestore.extract.shards import encode_shards
+from cellgap.featurestore.store import open_store
+from cellgap.featurestore.store.manifest import StorageRecord, new_manifest
+from cellgap.featurestore.store.writer import open_or_create
 from tests.conftest import error_of, torch_threads
 from tests.featurestore.test_store import extract
 
@@ -140,9 +140,9 @@ def test_a_failing_replica_ends_the_extraction_with_its_error(tmp_path, encoder,
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_values_beyond_float16_are_stored_as_its_largest_finite_value(dtype):
-    from featurestore.extract.shards import _store_into
-    from featurestore.store.shardfile import ShardBuffer, ShardLayout
-    from featurestore.store.writer import FeatureShard
+    from cellgap.featurestore.extract.shards import _store_into
+    from cellgap.featurestore.store.shardfile import ShardBuffer, ShardLayout
+    from cellgap.featurestore.store.writer import FeatureShard
 
     values = torch.tensor([[1.5, -2.25, 1e6, -1e6, float("inf"), float("-inf"), float("nan"), 65504.0]]).view(1, 1, 2, 4)
     target = FeatureShard(ShardBuffer(ShardLayout(2, (1, 2, 4), np.dtype(dtype)), 2), None)
@@ -188,7 +188,7 @@ def test_replicas_of_two_jobs_in_one_process_take_turns(two_threads):
 
 
 def test_ctrl_c_while_waiting_for_replicas_stops_them_before_it_is_raised(two_threads, monkeypatch):
-    from featurestore.extract import replicas
+    from cellgap.featurestore.extract import replicas
 
     stop = threading.Event()
     real_join = replicas.Worker.join

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import zarr
 
-from featurestore.store import open_store
+from cellgap.featurestore.store import open_store
 from tests.conftest import synthetic_tiles, write_conic
 
 CELLGAP = str(Path(sys.executable).with_name("cellgap"))

@@ -11,13 +11,14 @@ import pytest
 import torch
 import zarr
 
-from featurestore.allocator import keep_freed_memory
-from featurestore.store import open_store, shardfile
-from featurestore.store.arrays import create_array, shard_file, shard_layout
-from featurestore.store.layout import ArraySpec
-from featurestore.store.quantize import quantize_int8, quantize_int8_into
-from featurestore.store.shardfile import ShardBuffer, ShardBufferPool, fill_buffer, write_shard_file
-from featurestore.store.writer import StoreWriter
+from cellgap.core.allocator import keep_freed_memory
+from cellgap.featurestore.extract.quantize import quantize_int8_into
+from cellgap.featurestore.store import open_store, shardfile
+from cellgap.featurestore.store.arrays import create_array, shard_file, shard_layout
+from cellgap.featurestore.store.layout import ArraySpec
+from cellgap.featurestore.store.quantize import quantize_int8
+from cellgap.featurestore.store.shardfile import ShardBuffer, ShardBufferPool, fill_buffer, write_shard_file
+from cellgap.featurestore.store.writer import StoreWriter
 from tests.conftest import error_of
 from tests.featurestore.test_store import extract
 
@@ -160,7 +161,7 @@ def test_allocator_setting_serves_large_blocks_from_the_heap():
 @pytest.mark.parametrize("codec", ["none", "zstd", "blosc-lz4", "lz4-shuffle"])
 @pytest.mark.parametrize("whole_bytes", [0, 2**30])  # per-shard gathers, and the small-array whole read
 def test_reader_matches_zarr_python_in_any_order(tmp_path, codec, whole_bytes):
-    from featurestore.store.shardfile import ShardFileReader
+    from cellgap.featurestore.store.shardfile import ShardFileReader
 
     group = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
     array = create_array(group, ArraySpec("a", (11, *TILE), "float16", True, codec), 4)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import zarr
 
-from featurestore.encoders import EncoderSettings
-from featurestore.errors import ManifestMismatchError, StoreError
-from featurestore.extract.config import ExtractConfig
-from featurestore.extract.job import run_extraction
-from featurestore.store import open_store
-from featurestore.store.manifest import ATTRIBUTE
+from cellgap.featurestore.encoders import EncoderSettings
+from cellgap.featurestore.errors import ManifestMismatchError, StoreError
+from cellgap.featurestore.extract.config import ExtractConfig
+from cellgap.featurestore.extract.job import run_extraction
+from cellgap.featurestore.store import open_store
+from cellgap.featurestore.store.manifest import ATTRIBUTE
 from tests.conftest import write_conic
 
 
@@ -56,7 +56,7 @@ def test_store_holds_tiles_labels_and_every_layer(store6, conic_dir):
 def test_features_equal_a_fresh_forward_pass(store6, conic_dir):
     import torch
 
-    from featurestore.encoders import FrozenEncoder
+    from cellgap.featurestore.encoders import FrozenEncoder
 
     encoder = FrozenEncoder(EncoderSettings(name="convnext_atto", pretrained=False))
     images = torch.from_numpy(np.load(conic_dir / "images.npy")[:3])
@@ -92,9 +92,9 @@ def test_a_store_written_with_sha256_keeps_hashing_with_sha256_when_resumed(tmp_
     """Stores from before xxh3 (no `pixel_hash` in the manifest) hold sha256; a resumed run adds sha256 rows."""
     import hashlib
 
-    from featurestore.extract.job import run_plan
-    from featurestore.extract.plan import plan_extraction
-    from featurestore.store.writer import StoreWriter
+    from cellgap.featurestore.extract.job import run_plan
+    from cellgap.featurestore.extract.plan import plan_extraction
+    from cellgap.featurestore.store.writer import StoreWriter
 
     config = ExtractConfig(dataset=f"conic:{conic_dir}", store=str(tmp_path / "old.zarr"), shard_tiles=2,
                            encoder=EncoderSettings(name="convnext_atto", pretrained=False), progress=False)
@@ -148,7 +148,7 @@ def test_store_of_another_encoder_is_refused(store6, conic_dir):
         extract(store6, dataset=f"conic:{conic_dir}", encoder_options={"seed": 3})
     with pytest.raises(ManifestMismatchError, match="storage settings"):
         extract(store6, dataset=f"conic:{conic_dir}", dtype="int8")
-    from featurestore.encoders import FrozenEncoder
+    from cellgap.featurestore.encoders import FrozenEncoder
 
     other = FrozenEncoder(EncoderSettings(name="convnext_atto", pretrained=False, layers="0,1"))
     with pytest.raises(ManifestMismatchError, match="holds features of encoder"):
@@ -198,8 +198,8 @@ def test_compressed_codecs_read_back_the_same_values(tmp_path, store6, conic_dir
 def test_views_store_features_of_transformed_tiles(tmp_path):
     import torch
 
-    from featurestore.encoders import FrozenEncoder
-    from featurestore.views import apply_view
+    from cellgap.core.views import apply_view
+    from cellgap.featurestore.encoders import FrozenEncoder
 
     path = tmp_path / "views.zarr"
     extract(path, dataset="synthetic:2", views="flips")
@@ -224,8 +224,8 @@ def test_store_info_json(store6, capsys):
 
 
 def test_catalog_tells_stores_from_other_folders(tmp_path, store6):
-    from featurestore.store.catalog import scan_stores, store_state
-    from featurestore.store.writer import CREATING
+    from cellgap.featurestore.store.catalog import scan_stores, store_state
+    from cellgap.featurestore.store.writer import CREATING
 
     shutil.copytree(store6, tmp_path / "b-store.zarr")
     (tmp_path / "a-other").mkdir()

@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 from skimage.measure import regionprops
 
-from featurestore.datasets.synthetic import CLASS_NAMES, SyntheticTile, make_image, make_tile
+from cellgap.featurestore.datasets.synthetic import CLASS_NAMES, SyntheticTile, make_image, make_tile
 
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 

@@ -1,0 +1,95 @@
+"""The app factory: settings in, a FastAPI app out; the model loads in the lifespan, nothing at import time.
+
+Run it with `cellgap serve --run RUN_DIR`, or `uvicorn --factory api.app:create_app` with the
+settings in `CELLGAP_*` environment variables.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.concurrency import run_in_threadpool
+
+from cellgap.api.errors import ServiceUnavailableError, install_error_handlers
+from cellgap.api.metrics import Metrics, MetricsMiddleware
+from cellgap.api.middleware import BodyLimitMiddleware
+from cellgap.api.routes import evaluate, health, metrics, models, predict
+from cellgap.api.schemas import EvaluateArrays
+from cellgap.api.service import ModelService, PredictorFactory, load_predictor
+from cellgap.api.settings import Settings, get_settings
+from cellgap.core.version import cellgap_version
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """Nucleus segmentation and classification of histopathology tiles with a frozen foundation-model
+encoder and a CISCA-style decoder, and the metrics of `cellgap evaluate`.
+
+When the server sets `CELLGAP_API_KEY`, every `/v1` route needs it in the `X-API-Key` header.
+Errors are JSON: `{"error": "<code>", "detail": "<what is wrong>"}`."""
+
+
+def create_app(settings: Settings | None = None, *, predictor_factory: PredictorFactory = load_predictor) -> FastAPI:
+    """A new app; `predictor_factory(settings)` runs once at startup (tests pass a fake one)."""
+    settings = settings or get_settings()
+    registry = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            predictor = await run_in_threadpool(predictor_factory, settings)
+        except ServiceUnavailableError as error:  # no run configured: evaluate and health still work
+            logger.warning("%s; /v1/predict and /v1/models answer 503", error)
+            app.state.not_ready_reason = str(error)
+        else:
+            app.state.service = ModelService(predictor, settings, registry).start()
+            logger.info("serving model %s (tile %d px, %d classes)", app.state.service.model_id,
+                        app.state.service.tile_size, len(app.state.service.class_names))
+        try:
+            yield
+        finally:
+            service, app.state.service = app.state.service, None
+            app.state.not_ready_reason = "the service is shutting down"
+            if service is not None:
+                await run_in_threadpool(service.close)
+
+    app = FastAPI(title="cellgap", version=cellgap_version(), description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = registry
+    app.state.service = None
+    app.state.not_ready_reason = "the model is still loading"
+    install_error_handlers(app)
+    for module in (health, metrics, models, predict, evaluate):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=registry)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the JSON body of /v1/evaluate (declared by hand, the route reads two body types)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    extra = EvaluateArrays.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, definition in extra.pop("$defs", {}).items():
+        components.setdefault(name, definition)
+    components["EvaluateArrays"] = extra
+    body = schema["paths"]["/v1/evaluate"]["post"]["requestBody"]["content"]
+    example = EvaluateArrays.model_validate(EvaluateArrays.model_json_schema()["examples"][0])
+    body["application/json"]["example"] = example.model_dump(exclude_none=True)
+    answer = schema["paths"]["/v1/evaluate"]["post"]["responses"]["200"].setdefault("content", {})
+    answer.setdefault("application/json", {})["example"] = _evaluate_example(example)
+    app.openapi_schema = schema
+    return schema
+
+
+def _evaluate_example(example: EvaluateArrays) -> dict[str, Any]:
+    """The real answer to the documented request (tiny arrays: computed when the schema is first asked for)."""
+    pairs, class_names = evaluate.pairs_from_json(example, Settings.model_construct())  # defaults, not the env
+    return evaluate.score(pairs, class_names=class_names, n_classes=None, radius=12.0, match_iou=0.5).to_json_dict()

@@ -1,0 +1,51 @@
+"""Request dependencies as named `Annotated` aliases: settings, the loaded model, the API key check."""
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from cellgap.api.errors import ServiceUnavailableError, UnauthorizedError
+from cellgap.api.metrics import Metrics
+from cellgap.api.service import ModelService
+from cellgap.api.settings import Settings
+
+API_KEY_HEADER = "X-API-Key"
+_api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
+                               description="needed on every /v1 route when the server sets CELLGAP_API_KEY")
+
+
+def settings_of(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def metrics_of(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def ready_service(request: Request) -> ModelService:
+    """The loaded model, or 503 while none is loaded (no run configured, loading failed, shutting down)."""
+    service: ModelService | None = request.app.state.service
+    settings: Settings = request.app.state.settings
+    if service is None or not service.ready:
+        reason = request.app.state.not_ready_reason or "the model is not loaded"
+        raise ServiceUnavailableError(reason, code="not_ready", retry_after_s=settings.retry_after_s)
+    return service
+
+
+SettingsDep = Annotated[Settings, Depends(settings_of)]
+MetricsDep = Annotated[Metrics, Depends(metrics_of)]
+ServiceDep = Annotated[ModelService, Depends(ready_service)]
+
+
+def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]) -> None:
+    """When an API key is configured, the request must carry it (compared in constant time)."""
+    expected = settings.api_key
+    if expected is None:
+        return
+    given = (key or "").encode()
+    if not hmac.compare_digest(given, expected.get_secret_value().encode()):
+        raise UnauthorizedError("missing or wrong API key (send it in the X-API-Key header)",
+                                headers={"WWW-Authenticate": API_KEY_HEADER})

@@ -1,0 +1,196 @@
+"""POST /v1/evaluate: the metrics of `cellgap evaluate` for uploaded ground truth and prediction label maps.
+
+Two body forms: multipart .npy uploads in the folder layout (`gt` and `pred`, one file per image,
+(H,W) instance ids or (H,W,2) ids + classes, paired by file name, else by position), or JSON arrays
+for small tiles (`EvaluateArrays`). Scoring uses `decoder.metrics` only.
+"""
+from __future__ import annotations
+
+import json
+from enum import IntEnum
+from pathlib import PurePosixPath
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from cellgap.api.deps import SettingsDep, require_api_key
+from cellgap.api.errors import InvalidInputError, TooLargeError, UnsupportedMediaError
+from cellgap.api.routes.common import describe_upload, error_responses, read_upload, upload_name
+from cellgap.api.schemas import EvaluateArrays, LabelArrays
+from cellgap.api.settings import Settings
+from cellgap.api.uploads import Limits, decode_labels, labels_from_array
+from cellgap.featurestore.datasets.base import LabelledImage
+from cellgap.metrics import RADIUS_AT_MAGNIFICATION, EvaluationAccumulator, MetricsReport
+from cellgap.metrics.evaluate import pair_images
+
+router = APIRouter(prefix="/v1", tags=["evaluate"], dependencies=[Depends(require_api_key)])
+
+_MULTIPART_SCHEMA = {
+    "type": "object", "required": ["gt", "pred"],
+    "properties": {
+        "gt": {"type": "array", "items": {"type": "string", "format": "binary"},
+               "description": "ground-truth .npy label maps, one per image: (H,W) ids or (H,W,2) ids + classes"},
+        "pred": {"type": "array", "items": {"type": "string", "format": "binary"},
+                 "description": "predicted .npy label maps, same layout; paired with gt by file name, else by order"},
+        "class_names": {"type": "string", "description": 'optional, as classes.json: ["tumour", "immune"] or '
+                                                         '{"1": "tumour", "2": "immune"}'},
+    },
+}
+OPENAPI_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+    "application/json": {"schema": {"$ref": "#/components/schemas/EvaluateArrays"}},
+}}}
+
+Pair = tuple[LabelledImage, LabelledImage]
+
+
+class Magnification(IntEnum):
+    """Objective magnification; sets the detection radius as HoVer-Net's evaluation does."""
+
+    x40 = 40
+    x20 = 20
+
+
+def _array(rows: list[list[int]], what: str) -> np.ndarray:
+    try:
+        array = np.array(rows, dtype=np.int64)
+    except (ValueError, OverflowError) as error:
+        raise InvalidInputError(f"{what}: not a rectangular array of integer ids ({error})",
+                                code="invalid_labels") from None
+    if array.ndim != 2:
+        raise InvalidInputError(f"{what}: expected rows of equal length, got shape {array.shape}", code="invalid_labels")
+    if array.size == 0:
+        raise InvalidInputError(f"{what}: the label map is empty (shape {array.shape})", code="empty")
+    return array
+
+
+def _json_labels(labels: LabelArrays, limits: Limits, what: str, name: str) -> LabelledImage:
+    instances = _array(labels.instances, f"{what} instances")
+    if instances.size > limits.max_pixels:
+        raise TooLargeError(f"{what}: {instances.size} pixels is more than the limit of {limits.max_pixels}",
+                            code="image_too_large")
+    if labels.classes is not None:
+        classes = _array(labels.classes, f"{what} classes")
+        if classes.shape != instances.shape:
+            raise InvalidInputError(f"{what}: class map shape {classes.shape} differs from the instance map "
+                                    f"{instances.shape}", code="shape_mismatch")
+        instances = np.stack([instances, classes], axis=-1)
+    ids, class_map = labels_from_array(instances, what)
+    return LabelledImage(name=name, instances=ids, classes=class_map)
+
+
+def pairs_from_json(body: EvaluateArrays, settings: Settings) -> tuple[list[Pair], tuple[str, ...]]:
+    if len(body.images) > settings.max_files:
+        raise TooLargeError(f"{len(body.images)} images in one request; at most {settings.max_files}",
+                            code="too_many_files")
+    limits = Limits(settings.max_image_pixels)
+    pairs = []
+    for index, image in enumerate(body.images):
+        name = image.name if image.name is not None else str(index)
+        gt = _json_labels(image.gt, limits, f"images[{index}].gt", name)
+        pred = _json_labels(image.pred, limits, f"images[{index}].pred", name)
+        pairs.append((LabelledImage(name, gt.instances, gt.classes, image.tissue), pred))
+    return pairs, tuple(body.class_names)
+
+
+def parse_class_names(text: str) -> tuple[str, ...]:
+    """Class names as in a folder's classes.json: a list of names or {"1": name, ...}."""
+    try:
+        content = json.loads(text)
+        if isinstance(content, dict):
+            ids = sorted(int(k) for k in content)
+            if ids != list(range(1, len(ids) + 1)):
+                raise ValueError(f"class ids must be 1..K, got {ids[:5]}")
+            content = [content[str(i)] for i in ids]
+        if not isinstance(content, list) or not all(isinstance(n, str) for n in content) or len(content) > 255:
+            raise ValueError("expected a list of at most 255 names or an object id -> name")
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
+        raise InvalidInputError(f"field 'class_names': {error}", code="invalid_class_names") from None
+    return tuple(content)
+
+
+async def pairs_from_form(request: Request, settings: Settings) -> tuple[list[Pair], tuple[str, ...]]:
+    limits = Limits(settings.max_image_pixels)
+    async with request.form(max_files=2 * settings.max_files, max_fields=16) as form:
+        sides: dict[str, list[LabelledImage]] = {}
+        for field in ("gt", "pred"):
+            uploads = form.getlist(field)
+            if not uploads:
+                raise InvalidInputError(f"missing field {field!r}: one .npy file per image", code="missing_field")
+            if len(uploads) > settings.max_files:
+                raise TooLargeError(f"{len(uploads)} {field} files; at most {settings.max_files}", code="too_many_files")
+            images = []
+            for position, upload in enumerate(uploads):
+                if not isinstance(upload, UploadFile):
+                    raise InvalidInputError(f"field {field!r}: expected a .npy file upload, got a text value",
+                                            code="not_an_array")
+                data = await read_upload(upload, field, settings)  # type: ignore[arg-type]
+                ids, classes = await run_in_threadpool(decode_labels, data, limits, describe_upload(upload, field))
+                name = PurePosixPath(upload_name(upload)).stem or str(position)  # type: ignore[arg-type]
+                images.append(LabelledImage(name=name, instances=ids, classes=classes))
+            sides[field] = images
+        names = form.get("class_names")
+        if names is not None and not isinstance(names, str):
+            raise InvalidInputError("field 'class_names' must be text (JSON), not a file", code="invalid_class_names")
+        class_names = parse_class_names(names) if names else ()
+    gt, pred = sides["gt"], sides["pred"]
+    return [(gt[i], pred[j]) for i, j in pair_images([g.name for g in gt], [p.name for p in pred])], class_names
+
+
+def score(pairs: list[Pair], *, class_names: tuple[str, ...], n_classes: int | None, radius: float,
+          match_iou: float) -> MetricsReport:
+    """The accumulate-then-reduce path of `cellgap evaluate`, on in-memory label maps."""
+    accumulator = EvaluationAccumulator(n_classes=n_classes, class_names=class_names, radius=radius,
+                                        match_iou=match_iou)
+    for truth, guess in pairs:
+        if truth.instances.shape != guess.instances.shape:
+            raise InvalidInputError(f"image {truth.name!r}: ground truth is {truth.instances.shape[0]} x "
+                                    f"{truth.instances.shape[1]} but the prediction is {guess.instances.shape[0]} x "
+                                    f"{guess.instances.shape[1]}", code="shape_mismatch")
+        typed = truth.classes is not None and guess.classes is not None
+        accumulator.add(truth.instances, guess.instances, truth.classes if typed else None,
+                        guess.classes if typed else None, tissue=truth.tissue, name=truth.name)
+    return accumulator.reduce()
+
+
+def _body_error(error: ValidationError) -> RequestValidationError:
+    return RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_input=False)])
+
+
+@router.post("/evaluate", response_model=MetricsReport, openapi_extra=OPENAPI_BODY,
+             responses=error_responses(400, 401, 413, 415, 422), summary="Metrics of a prediction against ground truth")
+async def evaluate(
+    request: Request,
+    settings: SettingsDep,
+    magnification: Annotated[Magnification | None, Query(description="sets the radius: 12 px at 40x, 6 px at 20x")] = None,
+    radius: Annotated[float | None, Query(gt=0, le=10000, description="centroid pairing radius in pixels")] = None,
+    match_iou: Annotated[float, Query(ge=0, lt=1, description="PQ pairs need IoU strictly above this")] = 0.5,
+    classes: Annotated[int | None, Query(ge=1, le=255, description="number of classes K")] = None,
+) -> Any:
+    """PQ, AJI, Dice, detection F1, CoNIC mPQ+/R², PanNuke mPQ/bPQ: the same names as `cellgap evaluate --json`.
+
+    Send multipart `.npy` files (`gt`, `pred`; one per image) or a JSON body of arrays (small tiles).
+    """
+    if magnification is not None and radius is not None:
+        raise InvalidInputError("give either magnification or radius, not both", code="conflicting_parameters")
+    reach = radius if radius is not None else RADIUS_AT_MAGNIFICATION[int(magnification or 40)]
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        raw = await request.body()
+        try:
+            body = await run_in_threadpool(EvaluateArrays.model_validate_json, raw)
+        except ValidationError as error:
+            raise _body_error(error) from None
+        pairs, class_names = await run_in_threadpool(pairs_from_json, body, settings)
+    elif content_type == "multipart/form-data":
+        pairs, class_names = await pairs_from_form(request, settings)
+    else:
+        raise UnsupportedMediaError(f"send multipart/form-data (.npy files) or application/json, not "
+                                    f"{content_type or 'no content type'}", code="unsupported_media_type")
+    return await run_in_threadpool(lambda: score(pairs, class_names=class_names, n_classes=classes, radius=reach,
+                                                 match_iou=match_iou))

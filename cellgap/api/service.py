@@ -1,0 +1,162 @@
+"""The loaded model behind the routes: one predictor, one worker thread and its dynamic batcher.
+
+Tiles of exactly the model's tile size are batched together in one `predict_batch` call; other
+images (smaller: padded, larger: sliding windows) go through `predict_image` on the same worker
+thread, so only one thread ever touches the model.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+
+import numpy as np
+
+from cellgap.api.batcher import Announcement, BatcherClosedError, DynamicBatcher, QueueFullError
+from cellgap.api.errors import ServiceUnavailableError
+from cellgap.api.metrics import Metrics
+from cellgap.api.settings import Settings
+from cellgap.core.tiling import tile_origins
+from cellgap.decoder.postprocess import Instances
+
+logger = logging.getLogger(__name__)
+
+
+class PredictorLike(Protocol):
+    """What the service needs of `decoder.predictor.Predictor`."""
+
+    class_names: tuple[str, ...]
+    tile_size: int
+    model_id: str
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def predict_batch(self, images: list[np.ndarray]) -> list[Instances]: ...
+
+    def iter_batch(self, images: list[np.ndarray]) -> Iterator[Instances]: ...
+
+    def predict_image(self, image: np.ndarray, batch_size: int = 8) -> Instances: ...
+
+
+PredictorFactory = Callable[[Settings], PredictorLike]
+
+
+def load_predictor(settings: Settings) -> PredictorLike:
+    """The run named by the settings (imports torch: call it at startup, never at import time)."""
+    if settings.run_dir is None:
+        raise ServiceUnavailableError("no run to serve: set CELLGAP_RUN_DIR or pass --run", code="no_model")
+    import torch
+
+    from cellgap.decoder.predictor import Predictor
+
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)  # the process serves one model: its thread count is the process's
+    return Predictor.from_run(settings.run_dir, device=settings.device)
+
+
+def window_count(height: int, width: int, tile: int) -> int:
+    """Model tiles an image costs: 1 up to the tile size (padded), else the predictor's half-tile sliding windows."""
+    if height <= tile and width <= tile:
+        return 1
+    return len(tile_origins(max(height, tile), max(width, tile), tile, stride=max(1, tile // 2)))
+
+
+class ModelService:
+    """A predictor, its batcher and the counters of what it predicted."""
+
+    def __init__(self, predictor: PredictorLike, settings: Settings, metrics: Metrics) -> None:
+        self.predictor, self.settings, self.metrics = predictor, settings, metrics
+        self.class_names = tuple(predictor.class_names)
+        self.tile_size = int(predictor.tile_size)
+        self.model_id = str(predictor.model_id)
+        self._description: dict[str, Any] | None = None
+        self.batcher: DynamicBatcher[np.ndarray, Instances] = DynamicBatcher(
+            self._run, max_batch=settings.batch_size, max_wait_s=settings.batch_wait_ms / 1000.0,
+            max_queue=settings.queue_size, name="cellgap-model", wait="adaptive",
+            on_batch=self._count_batch)
+        metrics.gauge("cellgap_queue_depth", "images waiting for the model", lambda: self.batcher.depth)
+        metrics.gauge("cellgap_model_loaded", "1 when a model is loaded and serving", lambda: float(self.ready))
+
+    def _count_batch(self, size: int, seconds: float) -> None:
+        self.metrics.batches.observe(size)
+        self.metrics.model_seconds.inc(seconds)
+
+    def describe(self) -> dict[str, Any]:
+        """The predictor's description, computed once, with NaN/inf as None (strict JSON)."""
+        if self._description is None:
+            self._description = _strict_json(self.predictor.describe())
+        return self._description
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher.running
+
+    def start(self) -> ModelService:
+        self.batcher.start()
+        return self
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    def _run(self, images: list[np.ndarray]) -> Iterable[Instances]:
+        """The worker thread's call: one batched forward pass for whole tiles, one call per other image.
+        A batch of tiles only (the usual case) hands each tile's cells on as soon as they are post-processed."""
+        tiles = [i for i, image in enumerate(images) if image.shape[:2] == (self.tile_size, self.tile_size)]
+        if len(tiles) == len(images):
+            return self.predictor.iter_batch(images)
+        results: list[Instances | None] = [None] * len(images)
+        if tiles:
+            for i, instances in zip(tiles, self.predictor.predict_batch([images[i] for i in tiles])):
+                results[i] = instances
+        for i, image in enumerate(images):
+            if results[i] is None:
+                results[i] = self.predictor.predict_image(image, batch_size=self.settings.batch_size)
+        return results  # type: ignore[return-value]
+
+    def cost(self, image: np.ndarray) -> int:
+        """Queue cost of an image: its area in tiles (at least 1), so the queue bounds memory, not requests."""
+        height, width = image.shape[:2]
+        return max(1, math.ceil(height * width / self.tile_size**2))
+
+    def announce(self, count: int = 1) -> Announcement:
+        """Tell the batcher that `count` images are being uploaded and decoded (a `with` block)."""
+        return self.batcher.announce(count)
+
+    async def predict(self, image: np.ndarray, announcement: Announcement | None = None) -> Instances:
+        """Queue one image and await its instances; a full queue or a timeout is a 503 to retry."""
+        retry = self.settings.retry_after_s
+        try:
+            instances = await self.batcher.run(image, cost=self.cost(image), timeout_s=self.settings.predict_timeout_s,
+                                               announcement=announcement)
+        except QueueFullError:
+            self.metrics.rejected.inc()
+            raise ServiceUnavailableError(f"the prediction queue is full (room for {self.settings.queue_size} "
+                                          "tiles): retry later", code="busy", retry_after_s=retry) from None
+        except asyncio.TimeoutError:
+            raise ServiceUnavailableError(f"no prediction within {self.settings.predict_timeout_s:g} s: retry later",
+                                          code="timeout", retry_after_s=retry) from None
+        except BatcherClosedError:
+            raise ServiceUnavailableError("the service is shutting down", code="shutting_down",
+                                          retry_after_s=retry) from None
+        height, width = image.shape[:2]
+        self.metrics.images.inc()
+        self.metrics.tiles.inc(window_count(height, width, self.tile_size))
+        self.metrics.cells.inc(len(instances))
+        return instances
+
+
+def _strict_json(value: Any) -> Any:
+    """A copy with non-finite floats replaced by None, tuples by lists and paths by strings."""
+    if isinstance(value, dict):
+        return {str(k): _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,1 @@
+"""The torch-free bottom layer every package uses: errors, version, CLI argument types, progress, IO."""

@@ -1,0 +1,71 @@
+"""Checkpoints: safetensors weights whose metadata carries everything needed to rebuild and check the model."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from cellgap.decoder.errors import CheckpointError
+from cellgap.decoder.networks import CellDecoder, NetworkSpec, on_device
+from cellgap.decoder.postprocess import PostprocessConfig
+from cellgap.featurestore.store.manifest import Manifest
+
+KEY = "cellgap"
+BEST, LAST, STATE = "model.safetensors", "last.safetensors", "state.pt"  # the files of a run directory
+
+
+@dataclass
+class Checkpoint:
+    """A trained decoder with the store manifest it was trained on and its post-processing."""
+
+    model: CellDecoder
+    spec: NetworkSpec
+    manifest: Manifest
+    postprocess: PostprocessConfig
+    class_names: tuple[str, ...]
+    info: dict[str, Any]  # epoch, metrics, train config
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [plan.name for plan in self.spec.layers]
+
+
+def save_checkpoint(path: Path, model: CellDecoder, manifest: Manifest, postprocess: PostprocessConfig,
+                    class_names: tuple[str, ...], info: dict[str, Any]) -> None:
+    """Write atomically (temp file + rename) so an interruption never leaves half a checkpoint."""
+    metadata = {KEY: json.dumps({
+        "format": 1, "spec": model.spec.model_dump(mode="json"), "manifest": manifest.model_dump(mode="json"),
+        "postprocess": postprocess.model_dump(mode="json"), "class_names": list(class_names), "info": info,
+    }, default=str)}
+    temporary = path.with_name(path.name + ".partial")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(temporary), metadata)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:
+    """Rebuild the model from a checkpoint; any damage is a CheckpointError naming the file."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        state = load_file(str(path), device="cpu")
+        content = json.loads(metadata[KEY])
+        spec = NetworkSpec.model_validate(content["spec"])
+        model = CellDecoder(spec)
+        model.load_state_dict(state)
+        manifest = Manifest.model_validate(content["manifest"])
+        postprocess = PostprocessConfig.model_validate(content["postprocess"])
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError, TypeError) as error:
+        raise CheckpointError(f"{path}: not a usable cellgap checkpoint ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0][:160] if str(error) else ''})") from None
+    return Checkpoint(on_device(model, device).eval(), spec, manifest, postprocess, tuple(content["class_names"]),
+                      content.get("info", {}))

@@ -1,0 +1,81 @@
+"""`cellgap predict`: a run's predictions for a store split or for image files, in the folder layout."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from cellgap.core.progress import progress_bar
+from cellgap.decoder.errors import PredictionError
+from cellgap.decoder.inference import instances_of
+from cellgap.decoder.loader import StoreBatches
+from cellgap.decoder.outputs import write_class_names, write_prediction
+from cellgap.decoder.predictor import Predictor, check_run_dir
+from cellgap.featurestore.datasets.imageio import IMAGE_SUFFIXES, read_image
+from cellgap.featurestore.store.reader import open_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictSummary:
+    out: Path
+    images: int
+    cells: int
+
+    def lines(self) -> list[str]:
+        return [f"{self.out}: {self.images} images, {self.cells} cells; labels/ (folder layout), geojson/, cells/, "
+                f"overlays/"]
+
+
+def predict_store(run_dir: Path, store_path: str, split: str | None, out: Path, *, device: str = "auto",
+                  batch_size: int = 8, progress: bool = True) -> PredictSummary:
+    """Predict tiles of a store from their stored features (the store must come from the run's encoder)."""
+    predictor = Predictor.from_run(run_dir, device=device, with_encoder=False)
+    store = open_store(store_path, expect_encoder=predictor.checkpoint.manifest.encoder)
+    indices = store.indices(split)
+    if len(indices) == 0:
+        raise PredictionError(f"{store_path}: no completed tiles{'' if split is None else f' in split {split!r}'}")
+    batches = StoreBatches(store, predictor.checkpoint.layer_names, indices, batch_size, device=predictor.device)
+    write_class_names(out, predictor.class_names)
+    cells = 0
+    with progress_bar(len(indices), "predict", unit="tile", enabled=progress) as bar:
+        for batch in batches.epoch(0):
+            maps_of_batch = predictor.maps_from_features(batch.features, batch.image)
+            for maps, index, image in zip(maps_of_batch, batch.indices, batch.stored_images):
+                found = instances_of(maps, predictor.checkpoint.postprocess)
+                write_prediction(out, store.names[int(index)], image, found, predictor.class_names)
+                cells += len(found)
+            bar.update(len(batch.indices))
+    return PredictSummary(out, len(indices), cells)
+
+
+def image_files(path: Path) -> list[Path]:
+    """Image files to predict: a file, a folder of images, or a folder with an images/ subfolder."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise PredictionError(f"{path}: no such image file or folder")
+    folder = path / "images" if (path / "images").is_dir() else path
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise PredictionError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def predict_images(run_dir: Path, images: Path, out: Path, *, device: str = "auto", weights: Path | None = None,
+                   batch_size: int = 8, progress: bool = True) -> PredictSummary:
+    """Predict image files of any size, encoding them on the fly with the run's encoder."""
+    check_run_dir(run_dir)
+    files = image_files(images)
+    predictor = Predictor.from_run(run_dir, device=device, weights=weights)
+    write_class_names(out, predictor.class_names)
+    cells = 0
+    with progress_bar(len(files), "predict", unit="image", enabled=progress) as bar:
+        for path in files:
+            image = read_image(path)
+            found = predictor.predict_image(image, batch_size=batch_size)
+            write_prediction(out, path.stem, image, found, predictor.class_names)
+            cells += len(found)
+            bar.update(1)
+    return PredictSummary(out, len(files), cells)

@@ -1,0 +1,205 @@
+"""The training loop: decoder on stored features, CISCA losses, validation with post-processing, checkpoints.
+
+Everything a run needs to continue after an interruption is written at the end of every epoch
+(last weights, optimiser, schedule, best score); `--resume` picks up from there and replays the
+same batch order, so a resumed run follows the uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cellgap.core.progress import progress_bar
+from cellgap.decoder.checkpoint import BEST, LAST, STATE, load_checkpoint, save_checkpoint
+from cellgap.decoder.errors import TrainingError
+from cellgap.decoder.inference import postprocess_preset
+from cellgap.decoder.loader import StoreBatches
+from cellgap.decoder.losses import CiscaLoss
+from cellgap.decoder.networks import (
+    CellDecoder,
+    DecoderConfig,
+    count_parameters,
+    flops_per_tile,
+    network_spec,
+    on_device,
+)
+from cellgap.decoder.targets_cache import TargetCache, target_config_for
+from cellgap.decoder.training.config import TrainConfig
+from cellgap.decoder.training.curves import append_log, draw_curves, truncate_log
+from cellgap.decoder.training.validation import evaluate_split, headline, score_of
+from cellgap.featurestore.encoders.encoder import pick_device
+from cellgap.featurestore.store.reader import FeatureStore, open_store
+
+log = logging.getLogger(__name__)
+_RESUMABLE_CHANGES = {"resume", "progress", "device", "loader_threads"}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    best_metric: str
+    best_value: float | None
+    best_epoch: int | None
+    epochs_run: int
+    seconds_per_epoch: float
+    parameters: int
+    gflops_per_tile: float
+
+
+def _prepare_run_dir(config: TrainConfig) -> None:
+    out = config.out
+    existing = out.exists() and any(out.iterdir())
+    if config.resume:
+        if not (out / STATE).exists():
+            raise TrainingError(f"{out}: nothing to resume (no {STATE}); start without --resume")
+        saved = json.loads((out / "config.json").read_text())
+        now = config.model_dump(mode="json")
+        changed = [k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k]]
+        if changed:
+            raise TrainingError(f"{out}: --resume needs the same settings; changed: {', '.join(changed)}")
+    elif existing:
+        raise TrainingError(f"{out}: run directory exists and is not empty; use --resume to continue it or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _indices(store: FeatureStore, split: str, what: str) -> np.ndarray:
+    indices = store.indices(split)
+    if len(indices) == 0:
+        raise TrainingError(f"{store.location}: no completed tiles in split {split!r} for {what} "
+                            f"(splits: {store.split_counts()}); choose another --{what}-split")
+    return indices
+
+
+def _optimiser(config: TrainConfig, model: CellDecoder, steps_per_epoch: int):
+    if config.optimizer == "adamw":
+        optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    else:  # CISCA: Adam with AMSGrad
+        optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, amsgrad=True, weight_decay=config.weight_decay)
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "onecycle" and total < 8:
+        log.info("only %d steps: too few for a one-cycle schedule, training at a constant lr %g", total, config.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0)
+    elif config.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=total, pct_start=0.25)
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode="max", factor=0.5, patience=10)
+    return optimiser, scheduler
+
+
+def _save_state(out: Path, optimiser, scheduler, progress: dict[str, Any]) -> None:
+    temporary = out / (STATE + ".partial")
+    torch.save({"optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(), **progress}, temporary)
+    os.replace(temporary, out / STATE)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train a decoder on the store's train split, validating on its valid split."""
+    _prepare_run_dir(config)
+    device = pick_device(config.device)
+    store = open_store(config.store)
+    if not store.manifest.dataset.has_labels:
+        raise TrainingError(f"{config.store}: the store has no labels to train on")
+    train_idx = _indices(store, config.train_split, "train")
+    valid_idx = _indices(store, config.valid_split, "valid")
+    class_names = store.class_names
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        spec = network_spec(store.layers, store.manifest.encoder.family, store.manifest.dataset.tile_size,
+                            len(class_names), DecoderConfig.sized(config.decoder))
+        model = on_device(CellDecoder(spec), device)
+    layer_names = [plan.name for plan in spec.layers]
+    targets = TargetCache(store, target_config_for(store))
+    targets.ensure(train_idx, progress=config.progress)  # validation scores against the labels themselves
+    background = targets.config.regression_background_weight
+    train_batches = StoreBatches(store, layer_names, train_idx, config.batch_size, targets=targets, shuffle=True,
+                                 augment=config.augment, seed=config.seed, device=device, background_weight=background,
+                                 threads=config.loader_threads)
+    valid_batches = StoreBatches(store, layer_names, valid_idx, config.batch_size, device=device,
+                                 threads=config.loader_threads)
+    criterion = CiscaLoss(config.loss, with_classes=spec.n_classes > 0).to(device)
+    optimiser, scheduler = _optimiser(config, model, len(train_batches))
+    post = postprocess_preset(store.manifest.dataset.format, store.magnification, config.postprocess)
+    metric = config.best_metric if config.best_metric != "auto" else ("mpq_plus" if spec.n_classes > 0 else "pq")
+    by_name = {layer.name: layer for layer in store.layers}
+    feature_shapes = [(plan.channels, by_name[plan.name].height, by_name[plan.name].width) for plan in spec.layers]
+    parameters, gflops = count_parameters(model), flops_per_tile(model, feature_shapes) / 1e9
+    progress = {"epoch": 0, "best": None, "best_epoch": None, "stale": 0, "epoch_seconds": []}
+    out = config.out
+    if config.resume:
+        state = torch.load(out / STATE, map_location="cpu", weights_only=False)
+        model.load_state_dict(load_checkpoint(out / LAST, device).model.state_dict())
+        optimiser.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        progress = {k: state[k] for k in progress}
+        truncate_log(out, progress["epoch"])
+        log.info("resuming %s after epoch %d", out, progress["epoch"])
+    else:
+        (out / "config.json").write_text(config.model_dump_json(indent=2))
+        (out / "manifest.json").write_text(store.manifest.model_dump_json(indent=2))
+    log.info("decoder: %.2fM parameters, %.2f GFLOP per tile; encoder %s", parameters / 1e6, gflops,
+             store.manifest.encoder.name)
+    for epoch in range(progress["epoch"], config.epochs):
+        started = time.perf_counter()
+        sums: dict[str, float] = {}
+        model.train()
+        with progress_bar(len(train_batches), f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                          enabled=config.progress) as bar:
+            for batch in train_batches.epoch(epoch):
+                outputs = model(batch.features, batch.image)
+                loss, parts = criterion(outputs, batch.sm1, batch.ddm, batch.classes, batch.weight)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                if config.schedule == "onecycle":
+                    scheduler.step()
+                for key, value in {"loss": float(loss.detach()), **parts}.items():
+                    sums[key] = sums.get(key, 0.0) + value * len(batch.indices)
+                bar.update(1)
+                bar.set_postfix_str(f"loss {float(loss.detach()):.3f}")
+        record: dict[str, Any] = {"epoch": epoch + 1, "lr": optimiser.param_groups[0]["lr"],
+                                  "train": {k: v / len(train_idx) for k, v in sums.items()}}
+        seconds = time.perf_counter() - started
+        last_epoch = epoch + 1 == config.epochs
+        if (epoch + 1) % config.val_every == 0 or last_epoch:
+            report = evaluate_split(model, valid_batches, store, post)
+            values = headline(report)
+            record["valid"] = values
+            score = score_of(values, metric)
+            if config.schedule == "plateau":
+                scheduler.step(score)
+            if progress["best"] is None or score > progress["best"]:
+                progress.update(best=score, best_epoch=epoch + 1, stale=0)
+                save_checkpoint(out / BEST, model, store.manifest, post, class_names,
+                                {"epoch": epoch + 1, "metric": metric, "valid": values, "train": record["train"],
+                                 "magnification": {"value": store.magnification,
+                                                   "assumed": store.magnification_assumed},
+                                 "config": config.model_dump(mode="json"), "parameters": parameters,
+                                 "gflops_per_tile": gflops})
+                (out / "validation.json").write_text(json.dumps(
+                    {"epoch": epoch + 1, "metric": metric, **report.to_json_dict()}, indent=2))
+            else:
+                progress["stale"] += 1
+        progress["epoch"] = epoch + 1
+        progress["epoch_seconds"] = [*progress["epoch_seconds"], seconds]
+        record["seconds"] = seconds
+        save_checkpoint(out / LAST, model, store.manifest, post, class_names, {"epoch": epoch + 1})
+        _save_state(out, optimiser, scheduler, progress)
+        append_log(out, record)
+        draw_curves(out)
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.get("valid", {}).items()}
+        log.info("epoch %d: loss %.4f %s (%.1f s)", epoch + 1, record["train"]["loss"], shown or "", seconds)
+        if config.schedule == "plateau" and config.early_stopping and progress["stale"] >= config.early_stopping:
+            log.info("early stopping: no improvement of %s for %d validations", metric, progress["stale"])
+            break
+    best = progress["best"]
+    return TrainResult(out, metric, None if best in (None, float("-inf")) else best, progress["best_epoch"],
+                       progress["epoch"], float(np.mean(progress["epoch_seconds"])) if progress["epoch_seconds"] else 0.0,
+                       parameters, gflops)

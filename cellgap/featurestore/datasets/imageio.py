@@ -1,0 +1,150 @@
+"""Reading images and label maps from files, with errors that name the file and the problem."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cellgap.featurestore.errors import DatasetError, DatasetNotFoundError
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+LABEL_SUFFIXES: tuple[str, ...] = (".npy", ".tif", ".tiff", ".mat", ".png")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An RGB image as (H,W,3) uint8; grey is replicated, alpha dropped, 16-bit scaled down."""
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{path}: image file not found")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            array = tifffile.imread(path)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("RGB") if image.mode in ("P", "CMYK", "YCbCr", "LA") else image)
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{path}: cannot read image ({error})") from None
+    return to_rgb_uint8(array, str(path))
+
+
+def to_rgb_uint8(array: np.ndarray, what: str) -> np.ndarray:
+    """Normalise a decoded image to (H,W,3) uint8 or say clearly why it cannot be."""
+    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
+        array = np.moveaxis(array, 0, -1)  # channel-first TIFF
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise DatasetError(f"{what}: expected an RGB image (H,W,3), got shape {array.shape}")
+    array = array[..., :3]
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if array.dtype == np.uint16:
+        return np.ascontiguousarray((array // 257).astype(np.uint8))
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise DatasetError(f"{what}: image contains NaN or infinite values")
+        high = float(array.max()) if array.size else 0.0
+        scaled = array * 255.0 if high <= 1.0 else array
+        if scaled.min() < 0 or scaled.max() > 255.0 + 1e-6:
+            raise DatasetError(f"{what}: float image values must lie in 0..1 or 0..255")
+        return np.ascontiguousarray(np.round(scaled).astype(np.uint8))
+    raise DatasetError(f"{what}: unsupported image dtype {array.dtype}")
+
+
+def read_label(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Instance map (H,W) int32 and optional class map (H,W) uint8 from .npy, .tif/.tiff, .png or .mat.
+
+    .npy: (H,W) instances or (H,W,2) instances + classes. .mat (HoVer-Net): `inst_map` and optional
+    `inst_type` (class per instance id, 1-based rows) or `type_map` (class per pixel).
+    """
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{path}: label file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif suffix in (".tif", ".tiff"):
+            import tifffile
+
+            array = tifffile.imread(path)
+        elif suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                array = np.asarray(image)
+        elif suffix == ".mat":
+            return _read_mat(path)
+        else:
+            raise DatasetError(f"{path}: unsupported label file type {suffix!r} (use {', '.join(LABEL_SUFFIXES)})")
+    except (OSError, ValueError) as error:
+        if isinstance(error, DatasetError):
+            raise
+        raise DatasetError(f"{path}: cannot read label file ({error})") from None
+    return split_label_array(array, str(path))
+
+
+def split_label_array(array: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H,W) -> instances only; (H,W,2) -> instances and classes; anything else is an error."""
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        return as_instances(array, what), None
+    if array.ndim == 3 and array.shape[-1] == 2:
+        return as_instances(array[..., 0], what), as_classes(array[..., 1], what)
+    raise DatasetError(f"{what}: expected a label map of shape (H,W) or (H,W,2), got {array.shape}")
+
+
+def as_instances(array: np.ndarray, what: str) -> np.ndarray:
+    """Check and convert an instance map to int32 (ids 0..2^31-1, 0 = background)."""
+    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise DatasetError(f"{what}: instance map must hold integer ids, got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or (array != np.round(array)).any():
+            raise DatasetError(f"{what}: instance map holds non-integer values")
+    if array.size and (array.min() < 0 or array.max() > np.iinfo(np.int32).max):
+        raise DatasetError(f"{what}: instance ids must lie in 0..2^31-1")
+    return np.ascontiguousarray(array.astype(np.int32, copy=False))
+
+
+def as_classes(array: np.ndarray, what: str) -> np.ndarray:
+    """Check and convert a class map to uint8 (0 = background, 1..255 = class ids)."""
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise DatasetError(f"{what}: class map must hold integer class ids, got dtype {array.dtype}")
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise DatasetError(f"{what}: class ids must lie in 0..255")
+    if np.issubdtype(array.dtype, np.floating) and (array != np.round(array)).any():
+        raise DatasetError(f"{what}: class map holds non-integer values")
+    return np.ascontiguousarray(array.astype(np.uint8, copy=False))
+
+
+def _read_mat(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+
+    try:
+        content = loadmat(path)
+    except (OSError, ValueError, NotImplementedError, MatReadError) as error:
+        raise DatasetError(f"{path}: cannot read .mat file ({error})") from None
+    if "inst_map" not in content:
+        raise DatasetError(f"{path}: .mat file has no 'inst_map' field (HoVer-Net layout expected)")
+    instances = as_instances(np.asarray(content["inst_map"]), f"{path} inst_map")
+    if instances.ndim != 2:
+        raise DatasetError(f"{path}: inst_map must be 2-D, got {instances.shape}")
+    if "type_map" in content:
+        classes = as_classes(np.asarray(content["type_map"]), f"{path} type_map")
+        if classes.shape != instances.shape:
+            raise DatasetError(f"{path}: type_map shape {classes.shape} differs from inst_map {instances.shape}")
+        return instances, classes
+    if "inst_type" in content:
+        types = np.asarray(content["inst_type"]).reshape(-1)
+        ids = np.unique(instances)
+        ids = ids[ids > 0]
+        if ids.size and ids.max() > types.size:
+            raise DatasetError(f"{path}: inst_type has {types.size} entries but inst_map has id {ids.max()}")
+        lookup = np.zeros(max(int(ids.max()) if ids.size else 0, types.size) + 1, np.int64)
+        lookup[1 : types.size + 1] = types
+        return instances, as_classes(lookup[instances], f"{path} inst_type")
+    return instances, None
