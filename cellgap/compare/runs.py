@@ -181,7 +181,7 @@ def execute_run(job: RunJob, config: CompareConfig, store: StoreOutcome, report_
         moved = move_aside(run_dir)
         log.info("%s: %s; moved the old run to %s", job.key, reason, moved.name)
     record, resumed = _train(run_dir, wanted, status)
-    magnification = job.store.dataset.magnification or store.magnification
+    magnification = job.store.dataset.magnification or store.manifest.dataset.magnification
     record.update(dataset=job.store.dataset.name, encoder=job.label, layers=job.store.layers, seed=job.seed,
                   store=store.path, magnification=magnification)
     _write_json(run_dir / RUN_RECORD, record)
