@@ -18,17 +18,17 @@ log = logging.getLogger(__name__)
 MagnificationSource = Literal["dataset", "flag", "assumed"]
 
 
-def settle_magnification(info: DatasetInfo, spec: str, magnification: int | None,
-                         mpp: float | None) -> tuple[DatasetInfo, MagnificationSource, float | None]:
-    """The data set's info with its magnification filled in, where the value came from, and the mpp."""
+def settle_magnification(info: DatasetInfo, spec: str,
+                         magnification: int | None) -> tuple[DatasetInfo, MagnificationSource]:
+    """The data set's info with its magnification filled in, and where the value came from."""
     if info.magnification is not None:
         if magnification is not None and magnification != info.magnification:
             raise DatasetError(f"{spec}: the data set is {info.magnification}x, --magnification {magnification} "
                                f"contradicts it")
-        return info, "dataset", mpp
+        return info, "dataset"
     if magnification is not None:
-        return replace(info, magnification=magnification), "flag", mpp
-    return replace(info, magnification=ASSUMED_MAGNIFICATION), "assumed", mpp
+        return replace(info, magnification=magnification), "flag"
+    return replace(info, magnification=ASSUMED_MAGNIFICATION), "assumed"
 
 
 def warn_if_assumed(spec: str, source: str) -> None:

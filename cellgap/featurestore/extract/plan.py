@@ -52,9 +52,9 @@ def plan_extraction(config: ExtractConfig, *, device: str | None = None) -> Extr
     metas = dataset.metas()
     if not metas:
         raise DatasetError(f"{config.dataset}: the data set has no tiles")
-    info, source, mpp = settle_magnification(dataset.info, config.dataset, config.magnification, config.mpp)
+    info, source = settle_magnification(dataset.info, config.dataset, config.magnification)
     encoder = FrozenEncoder(config.encoder, device=pick_device(device or config.device))
     storage = StorageRecord(dtype=config.dtype, codec=config.codec, shard_tiles=config.shard_tiles,
                             views=VIEW_SETS[config.views])
     return ExtractionPlan(config, dataset, metas, encoder, new_manifest(encoder.description, info, metas, storage,
-                                                                             magnification_source=source, mpp=mpp))
+                                                                             magnification_source=source, mpp=config.mpp))

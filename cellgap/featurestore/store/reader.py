@@ -97,7 +97,7 @@ class FeatureStore:
     def magnification(self) -> int:
         """The magnification the stages below use; said once when the store only assumed it."""
         dataset = self.manifest.dataset
-        if dataset.magnification is None or dataset.magnification_source == "assumed":
+        if self.magnification_assumed:
             log.warning("%s: the store's magnification is unknown; assuming %dx for targets, post-processing and "
                         "F1_d (extract with --magnification 20|40 to say it)", self.location, ASSUMED_MAGNIFICATION)
             return dataset.magnification or ASSUMED_MAGNIFICATION
