@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from skimage.color import rgb_from_hed
 
 from cellgap.core.views import ALL_VIEWS, apply_view, parse_view
 
@@ -50,3 +51,32 @@ def view_ddm(ddm: torch.Tensor, view: str) -> torch.Tensor:
 def random_views(n: int, generator: torch.Generator, views: tuple[str, ...] = ALL_VIEWS) -> list[str]:
     picks = torch.randint(len(views), (n,), generator=generator).tolist()
     return [views[i] for i in picks]
+
+
+# Colour deconvolution of H&E (Ruifrok & Johnston, as skimage.color ships it): rows are the optical
+# densities of haematoxylin, eosin and DAB.
+_RGB_FROM_HED = torch.from_numpy(rgb_from_hed.astype(np.float32))
+_HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
+_DARKEST = 1.0 / 255.0
+
+
+def random_stain_factors(n: int, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """(n, 2, 3): per tile, a scale in [1-s, 1+s] and a shift in [-s/4, s/4] (optical density) per stain."""
+    unit = torch.rand((n, 2, 3), generator=generator) * 2 - 1
+    return torch.stack([1 + strength * unit[:, 0], 0.25 * strength * unit[:, 1]], dim=1)
+
+
+def jitter_stains(image: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Image (B,3,H,W) in [0,1] with each stain's density scaled and shifted (Tellez et al. 2018's HED jitter).
+
+    Labs differ mostly in how much haematoxylin and eosin a slide took up and how the scanner renders
+    it; perturbing the densities in the H&E basis mimics that, where RGB jitter would also invent
+    colours no stain makes. Factors of scale 1 and shift 0 give back the image.
+    """
+    to_hed = _HED_FROM_RGB.to(image.device, image.dtype)
+    to_rgb = _RGB_FROM_HED.to(image.device, image.dtype)
+    factors = factors.to(image.device, image.dtype)
+    density = -torch.log(image.clamp_min(_DARKEST)).permute(0, 2, 3, 1)  # (B,H,W,3)
+    stains = density @ to_hed
+    stains = stains * factors[:, None, None, 0] + factors[:, None, None, 1]
+    return torch.exp(-(stains @ to_rgb)).clamp(0.0, 1.0).permute(0, 3, 1, 2)

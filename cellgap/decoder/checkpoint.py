@@ -36,6 +36,12 @@ class Checkpoint:
         return [plan.name for plan in self.spec.layers]
 
 
+def all_finite(model: torch.nn.Module) -> bool:
+    """Whether every floating-point weight and buffer is finite (one host sync)."""
+    tensors = [t.detach() for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
+
+
 def save_checkpoint(path: Path, model: CellDecoder, manifest: Manifest, postprocess: PostprocessConfig,
                     class_names: tuple[str, ...], info: dict[str, Any]) -> None:
     """Write atomically (temp file + rename) so an interruption never leaves half a checkpoint."""
@@ -43,6 +49,8 @@ def save_checkpoint(path: Path, model: CellDecoder, manifest: Manifest, postproc
         "format": 1, "spec": model.spec.model_dump(mode="json"), "manifest": manifest.model_dump(mode="json"),
         "postprocess": postprocess.model_dump(mode="json"), "class_names": list(class_names), "info": info,
     }, default=str)}
+    if not all_finite(model):
+        raise CheckpointError(f"{path}: refusing to save weights that are not finite")
     temporary = path.with_name(path.name + ".partial")
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(temporary), metadata)
     os.replace(temporary, path)
@@ -67,5 +75,9 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError, TypeError) as error:
         raise CheckpointError(f"{path}: not a usable cellgap checkpoint ({type(error).__name__}: "
                               f"{str(error).splitlines()[0][:160] if str(error) else ''})") from None
+    broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise CheckpointError(f"{path}: {len(broken)} weight tensors are not finite (first: {broken[0]}); "
+                              f"this checkpoint cannot predict: retrain, or use another")
     return Checkpoint(on_device(model, device).eval(), spec, manifest, postprocess, tuple(content["class_names"]),
                       content.get("info", {}))

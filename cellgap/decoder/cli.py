@@ -27,6 +27,10 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--schedule", choices=("onecycle", "plateau"))
     parser.add_argument("--augment", choices=("none", "d4", "views"))
     parser.add_argument("--decoder", choices=("small", "base"), help="decoder widths (small: CPU-friendly)")
+    parser.add_argument("--stain-jitter", type=float, metavar="S",
+                        help="H&E stain jitter of the image skip: each stain's density scaled by 1 +- S, shifted by +- S/4")
+    parser.add_argument("--ema", type=float, metavar="DECAY",
+                        help="validate and save a moving average of the weights with this decay (0: off)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--val-every", type=positive_int, help="validate every N epochs")
@@ -43,7 +47,7 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {
         "store": args.store, "out": args.out, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "optimizer": args.optimizer, "schedule": args.schedule, "augment": args.augment, "decoder": args.decoder,
-        "device": args.device, "seed": args.seed, "val_every": args.val_every, "best_metric": args.best_metric,
+        "stain_jitter": args.stain_jitter, "ema": args.ema, "device": args.device, "seed": args.seed, "val_every": args.val_every, "best_metric": args.best_metric,
         "resume": args.resume or None, "progress": False if args.no_progress else None,
     }
     config = load_train_config(args.config, overrides)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cellgap.core.views import ALL_VIEWS, apply_view
-from cellgap.decoder.augment import random_views, view_ddm
+from cellgap.decoder.augment import jitter_stains, random_stain_factors, random_views, view_ddm
 from cellgap.decoder.networks import channels_last
 from cellgap.decoder.targets_cache import TargetCache
 from cellgap.featurestore.store.reader import FeatureStore
@@ -26,6 +26,7 @@ from cellgap.featurestore.store.reader import FeatureStore
 class HostBatch:
     indices: np.ndarray
     views: list[str]
+    stains: torch.Tensor | None  # (B,2,3) stain scale and shift for the image, or None
     features: list[tuple[np.ndarray, np.ndarray | None]]  # stored values and int8 scales, per layer
     images: np.ndarray
     sm1: np.ndarray | None
@@ -55,7 +56,7 @@ class StoreBatches:
     def __init__(self, store: FeatureStore, layer_names: Sequence[str], indices: np.ndarray, batch_size: int, *,
                  targets: TargetCache | None = None, shuffle: bool = False, augment: str = "none", seed: int = 0,
                  device: torch.device = torch.device("cpu"), background_weight: float = 0.05, prefetch: int = 4,
-                 threads: int = 2) -> None:
+                 threads: int = 2, stain_jitter: float = 0.0) -> None:
         if augment == "views" and len(store.views) < 2:
             from cellgap.decoder.errors import DecoderError
 
@@ -63,12 +64,12 @@ class StoreBatches:
         self.store, self.layer_names, self.indices = store, list(layer_names), np.asarray(indices)
         self.batch_size, self.targets, self.shuffle, self.augment = batch_size, targets, shuffle, augment
         self.seed, self.device, self.background_weight = seed, device, background_weight
-        self.prefetch, self.threads = prefetch, threads
+        self.prefetch, self.threads, self.stain_jitter = prefetch, threads, stain_jitter
 
     def __len__(self) -> int:
         return -(-len(self.indices) // self.batch_size)
 
-    def _order(self, epoch: int) -> list[tuple[np.ndarray, list[str]]]:
+    def _order(self, epoch: int) -> list[tuple[np.ndarray, list[str], torch.Tensor | None]]:
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(self.indices) if self.shuffle else self.indices
         generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
@@ -81,10 +82,11 @@ class StoreBatches:
                 views = random_views(len(chunk), generator, self.store.views)
             else:
                 views = ["identity"] * len(chunk)
-            batches.append((chunk, views))
+            stains = random_stain_factors(len(chunk), self.stain_jitter, generator) if self.stain_jitter > 0 else None
+            batches.append((chunk, views, stains))
         return batches
 
-    def _read(self, indices: np.ndarray, views: list[str]) -> HostBatch:
+    def _read(self, indices: np.ndarray, views: list[str], stains: torch.Tensor | None) -> HostBatch:
         stored_view = self.augment == "views"
         features = []
         for name in self.layer_names:
@@ -103,7 +105,7 @@ class StoreBatches:
                     scales[rows] = part_scale
             features.append((values, scales))
         targets = self.targets.read(indices) if self.targets is not None else None
-        return HostBatch(indices, views, features, self.store.read_images(indices),
+        return HostBatch(indices, views, stains, features, self.store.read_images(indices),
                          targets.sm1 if targets else None, targets.ddm if targets else None,
                          targets.classes if targets else None, targets.near if targets else None)
 
@@ -118,6 +120,8 @@ class StoreBatches:
                 tensor = tensor * move(scales).float()[:, :, None, None]
             features.append(channels_last(tensor))
         image = move(host.images).permute(0, 3, 1, 2).float().div_(255.0)  # NHWC storage: already channels-last
+        if host.stains is not None:  # the image skip only: stored features saw the tile as scanned
+            image = channels_last(jitter_stains(image, host.stains))
         sm1 = ddm = classes = weight = None
         if host.sm1 is not None:
             sm1, ddm, classes = move(host.sm1).long(), move(host.ddm).float(), move(host.classes).long()

@@ -24,6 +24,10 @@ class TrainConfig(BaseModel):
     optimizer: Literal["adamw", "adam"] = "adamw"
     schedule: Literal["onecycle", "plateau"] = "onecycle"
     augment: Literal["none", "d4", "views"] = "d4"
+    stain_jitter: float = Field(0.0, ge=0, le=0.5, description=(
+        "strength of the H&E stain jitter on the image skip (scale 1 +- s, shift +- s/4 per stain); 0 = off"))
+    ema: float = Field(0.0, ge=0, lt=1, description=(
+        "decay of the moving average of the weights that is validated and saved; 0 = off"))
     device: str = "auto"
     seed: int = 0
     resume: bool = False
@@ -33,6 +37,8 @@ class TrainConfig(BaseModel):
     early_stopping: int = Field(20, ge=0, description="epochs without improvement before stopping (plateau schedule)")
     postprocess: Literal["auto"] | PresetName = Field(
         "auto", description="auto (from the data set) | pannuke | conic | cytodark0-20x | cytodark0-40x")
+    tune_postprocess: bool = Field(True, description=(
+        "choose the post-processing thresholds on the valid split after training (stored in the run)"))
     loss: LossWeights = LossWeights()
     train_split: str = "train"
     valid_split: str = "valid"

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 
 from cellgap.core.progress import progress_bar
-from cellgap.decoder.checkpoint import BEST, LAST, STATE, load_checkpoint, save_checkpoint
+from cellgap.decoder.checkpoint import BEST, LAST, STATE, all_finite, load_checkpoint, save_checkpoint
 from cellgap.decoder.errors import TrainingError
 from cellgap.decoder.inference import postprocess_preset
 from cellgap.decoder.loader import StoreBatches
@@ -31,10 +32,12 @@ from cellgap.decoder.networks import (
     network_spec,
     on_device,
 )
+from cellgap.decoder.postprocess import PostprocessConfig
 from cellgap.decoder.targets_cache import TargetCache, target_config_for
 from cellgap.decoder.training.config import TrainConfig
 from cellgap.decoder.training.curves import append_log, draw_curves, truncate_log
-from cellgap.decoder.training.validation import evaluate_split, headline, score_of
+from cellgap.decoder.training.tuning import tune_postprocess, tuning_subset
+from cellgap.decoder.training.validation import evaluate_split, headline, predicted_maps, score_of
 from cellgap.featurestore.encoders.encoder import pick_device
 from cellgap.featurestore.store.reader import FeatureStore, open_store
 
@@ -94,10 +97,27 @@ def _optimiser(config: TrainConfig, model: CellDecoder, steps_per_epoch: int):
     return optimiser, scheduler
 
 
-def _save_state(out: Path, optimiser, scheduler, progress: dict[str, Any]) -> None:
+def _save_state(out: Path, optimiser, scheduler, progress: dict[str, Any], ema: ModelEmaV3 | None) -> None:
     temporary = out / (STATE + ".partial")
-    torch.save({"optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(), **progress}, temporary)
+    extra = {"ema": ema.state_dict()} if ema is not None else {}
+    torch.save({"optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(), **progress, **extra},
+               temporary)
     os.replace(temporary, out / STATE)
+
+
+def _tune_kept_model(config: TrainConfig, store: FeatureStore, valid_idx: np.ndarray, base: PostprocessConfig,
+                     metric: str, device: torch.device) -> None:
+    """Choose the kept model's post-processing on the valid split and store it in its checkpoint."""
+    kept = load_checkpoint(config.out / BEST, device)
+    batches = StoreBatches(store, kept.layer_names, tuning_subset(valid_idx), config.batch_size, device=device,
+                           threads=config.loader_threads)
+    tiles = list(predicted_maps(kept.model, batches))
+    result = tune_postprocess(tiles, store, base, metric, kept.spec.n_classes)
+    record = {"metric": metric, "tiles": len(tiles), "before": result.before, "after": result.after,
+              "chosen": result.config.model_dump(mode="json"), "trials": result.trials}
+    save_checkpoint(config.out / BEST, kept.model, kept.manifest, result.config, kept.class_names,
+                    {**kept.info, "postprocess_tuning": {k: record[k] for k in ("metric", "tiles", "before", "after")}})
+    (config.out / "postprocess.json").write_text(json.dumps(record, indent=2))
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -121,7 +141,7 @@ def train(config: TrainConfig) -> TrainResult:
     background = targets.config.regression_background_weight
     train_batches = StoreBatches(store, layer_names, train_idx, config.batch_size, targets=targets, shuffle=True,
                                  augment=config.augment, seed=config.seed, device=device, background_weight=background,
-                                 threads=config.loader_threads)
+                                 threads=config.loader_threads, stain_jitter=config.stain_jitter)
     valid_batches = StoreBatches(store, layer_names, valid_idx, config.batch_size, device=device,
                                  threads=config.loader_threads)
     criterion = CiscaLoss(config.loss, with_classes=spec.n_classes > 0).to(device)
@@ -132,12 +152,17 @@ def train(config: TrainConfig) -> TrainResult:
     feature_shapes = [(plan.channels, by_name[plan.name].height, by_name[plan.name].width) for plan in spec.layers]
     parameters, gflops = count_parameters(model), flops_per_tile(model, feature_shapes) / 1e9
     progress = {"epoch": 0, "best": None, "best_epoch": None, "stale": 0, "epoch_seconds": []}
+    # One good batch late in an epoch is not the model: validate and keep a moving average of the weights.
+    ema = ModelEmaV3(model, decay=config.ema, use_warmup=True) if config.ema > 0 else None
+    evaluated = ema.module if ema is not None else model
     out = config.out
     if config.resume:
         state = torch.load(out / STATE, map_location="cpu", weights_only=False)
         model.load_state_dict(load_checkpoint(out / LAST, device).model.state_dict())
         optimiser.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         progress = {k: state[k] for k in progress}
         truncate_log(out, progress["epoch"])
         log.info("resuming %s after epoch %d", out, progress["epoch"])
@@ -152,24 +177,33 @@ def train(config: TrainConfig) -> TrainResult:
         model.train()
         with progress_bar(len(train_batches), f"epoch {epoch + 1}/{config.epochs}", unit="batch",
                           enabled=config.progress) as bar:
-            for batch in train_batches.epoch(epoch):
+            for step, batch in enumerate(train_batches.epoch(epoch)):
                 outputs = model(batch.features, batch.image)
                 loss, parts = criterion(outputs, batch.sm1, batch.ddm, batch.classes, batch.weight)
+                if not torch.isfinite(loss):  # stop before a poisoned step reaches any checkpoint
+                    raise TrainingError(f"epoch {epoch + 1}, batch {step + 1}: the loss is not finite "
+                                        f"({float(loss.detach())}; tiles {batch.indices.tolist()}, parts "
+                                        f"{ {k: round(v, 4) for k, v in parts.items()} }); check those tiles and --lr")
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
                 if config.schedule == "onecycle":
                     scheduler.step()
+                if ema is not None:
+                    ema.update(model, step=epoch * len(train_batches) + step + 1)
                 for key, value in {"loss": float(loss.detach()), **parts}.items():
                     sums[key] = sums.get(key, 0.0) + value * len(batch.indices)
                 bar.update(1)
                 bar.set_postfix_str(f"loss {float(loss.detach()):.3f}")
+        if not all_finite(model):
+            raise TrainingError(f"epoch {epoch + 1}: the weights became non-finite in its last step "
+                                f"(tiles {batch.indices.tolist()}); nothing of this epoch was saved; check --lr")
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": optimiser.param_groups[0]["lr"],
                                   "train": {k: v / len(train_idx) for k, v in sums.items()}}
         seconds = time.perf_counter() - started
         last_epoch = epoch + 1 == config.epochs
         if (epoch + 1) % config.val_every == 0 or last_epoch:
-            report = evaluate_split(model, valid_batches, store, post)
+            report = evaluate_split(evaluated, valid_batches, store, post)
             values = headline(report)
             record["valid"] = values
             score = score_of(values, metric)
@@ -177,7 +211,7 @@ def train(config: TrainConfig) -> TrainResult:
                 scheduler.step(score)
             if progress["best"] is None or score > progress["best"]:
                 progress.update(best=score, best_epoch=epoch + 1, stale=0)
-                save_checkpoint(out / BEST, model, store.manifest, post, class_names,
+                save_checkpoint(out / BEST, evaluated, store.manifest, post, class_names,
                                 {"epoch": epoch + 1, "metric": metric, "valid": values, "train": record["train"],
                                  "magnification": {"value": store.magnification,
                                                    "assumed": store.magnification_assumed},
@@ -191,7 +225,7 @@ def train(config: TrainConfig) -> TrainResult:
         progress["epoch_seconds"] = [*progress["epoch_seconds"], seconds]
         record["seconds"] = seconds
         save_checkpoint(out / LAST, model, store.manifest, post, class_names, {"epoch": epoch + 1})
-        _save_state(out, optimiser, scheduler, progress)
+        _save_state(out, optimiser, scheduler, progress, ema)
         append_log(out, record)
         draw_curves(out)
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.get("valid", {}).items()}
@@ -199,6 +233,8 @@ def train(config: TrainConfig) -> TrainResult:
         if config.schedule == "plateau" and config.early_stopping and progress["stale"] >= config.early_stopping:
             log.info("early stopping: no improvement of %s for %d validations", metric, progress["stale"])
             break
+    if config.tune_postprocess and progress["best_epoch"] is not None:
+        _tune_kept_model(config, store, valid_idx, post, metric, device)
     best = progress["best"]
     return TrainResult(out, metric, None if best in (None, float("-inf")) else best, progress["best_epoch"],
                        progress["epoch"], float(np.mean(progress["epoch_seconds"])) if progress["epoch_seconds"] else 0.0,

@@ -1,9 +1,11 @@
 """Validation: predict a split of the store, post-process, and score with the shared metrics code."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import numpy as np
 
-from cellgap.decoder.inference import forward_probabilities, instances_of, split_tiles
+from cellgap.decoder.inference import TileMaps, forward_probabilities, instances_of, split_tiles
 from cellgap.decoder.loader import StoreBatches
 from cellgap.decoder.networks import CellDecoder
 from cellgap.decoder.postprocess import PostprocessConfig
@@ -12,25 +14,36 @@ from cellgap.metrics import EvaluationAccumulator, MetricsReport
 from cellgap.metrics.detection import radius_at
 
 
-def evaluate_split(model: CellDecoder, batches: StoreBatches, store: FeatureStore,
-                   postprocess: PostprocessConfig) -> MetricsReport:
-    """Metrics of the model on the batches' tiles (post-processed exactly as at prediction time)."""
-    n_classes = model.spec.n_classes
-    accumulator = EvaluationAccumulator(n_classes=n_classes or None, class_names=store.class_names,
-                                        radius=radius_at(store.magnification))
+def predicted_maps(model: CellDecoder, batches: StoreBatches) -> Iterator[tuple[int, TileMaps]]:
+    """(store index, maps) for every tile of the batches, in evaluation mode."""
     was_training = model.training
     model.eval()
-    for batch in batches.epoch(0):
-        maps = split_tiles(forward_probabilities(model, batch.features, batch.image))
-        gt_instances, gt_classes = store.read_labels(batch.indices)
-        for tile_maps, index, truth, truth_classes in zip(maps, batch.indices, gt_instances, gt_classes):
-            found = instances_of(tile_maps, postprocess)
-            typed = n_classes > 0
-            accumulator.add(truth, found.labels, truth_classes if typed else None,
-                            found.class_map() if typed else None, tissue=store.tissues[int(index)],
-                            name=store.names[int(index)])
-    model.train(was_training)
+    try:
+        for batch in batches.epoch(0):
+            maps = split_tiles(forward_probabilities(model, batch.features, batch.image))
+            yield from zip((int(i) for i in batch.indices), maps)
+    finally:
+        model.train(was_training)
+
+
+def score_maps(tiles: Iterable[tuple[int, TileMaps]], store: FeatureStore, postprocess: PostprocessConfig,
+               n_classes: int) -> MetricsReport:
+    """Post-process each tile's maps exactly as prediction does and score them against the store's labels."""
+    accumulator = EvaluationAccumulator(n_classes=n_classes or None, class_names=store.class_names,
+                                        radius=radius_at(store.magnification))
+    typed = n_classes > 0
+    for index, maps in tiles:
+        truth, truth_classes = (part[0] for part in store.read_labels(np.array([index])))
+        found = instances_of(maps, postprocess)
+        accumulator.add(truth, found.labels, truth_classes if typed else None,
+                        found.class_map() if typed else None, tissue=store.tissues[index], name=store.names[index])
     return accumulator.reduce()
+
+
+def evaluate_split(model: CellDecoder, batches: StoreBatches, store: FeatureStore,
+                   postprocess: PostprocessConfig) -> MetricsReport:
+    """Metrics of the model on the batches' tiles."""
+    return score_maps(predicted_maps(model, batches), store, postprocess, model.spec.n_classes)
 
 
 def headline(report: MetricsReport) -> dict[str, float | None]:
