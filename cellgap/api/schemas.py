@@ -19,7 +19,8 @@ class CellOut(BaseModel):
     id: int = Field(description="instance id in the label map, 1..n")
     class_id: int = Field(description="cell type id, 1..K")
     class_name: str
-    probability: float = Field(description="mean probability of the chosen type over the cell")
+    probability: float | None = Field(
+        description="mean probability of the chosen type over the cell; null if the model's output was not finite")
     centroid: tuple[float, float] = Field(description="(x, y)")
     bbox: tuple[int, int, int, int] = Field(description="(x_min, y_min, x_max, y_max), max exclusive")
     area: int = Field(description="pixels")

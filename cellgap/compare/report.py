@@ -44,6 +44,7 @@ class Column:
 @dataclass
 class Cell:
     values: list[float] = field(default_factory=list)
+    not_finite: int = 0  # runs whose value was NaN or infinite: counted, never averaged in or hidden
 
     @property
     def n(self) -> int:
@@ -75,6 +76,22 @@ class ResultTable:
         if not means:
             return None
         return max(means) if column.better == "max" else min(means)
+
+    def clear_best(self, column: Column) -> Row | None:
+        """The row whose mean leads the column by more than one standard deviation (of either of the
+        two leaders), or by a visible margin when there is no spread; None for a tie or a lead within noise."""
+        scored = [(self.cell(r, column), r) for r in self.rows if self.cell(r, column).mean is not None]
+        if not scored:
+            return None
+        scored.sort(key=lambda item: item[0].mean, reverse=column.better == "max")  # type: ignore[arg-type,return-value]
+        if len(scored) == 1:
+            return scored[0][1]
+        (first, row), (second, _) = scored[0], scored[1]
+        gap = abs(first.mean - second.mean)  # type: ignore[operator]
+        noise = max(first.std or 0.0, second.std or 0.0)
+        if _format(first.mean, column) == _format(second.mean, column) or gap <= noise:
+            return None
+        return row
 
     def columns_of(self, dataset: str, kinds: Iterable[str] = ("score", "class", "cost")) -> list[Column]:
         return [c for c in self.columns if c.dataset == dataset and c.kind in kinds]
@@ -131,6 +148,8 @@ def build_table(grid: Grid, stores: dict[tuple, StoreOutcome], finished: set[str
                 value = extract(report)
                 if value is not None and math.isfinite(value):
                     cells.setdefault((run.row, column), Cell()).values.append(float(value))
+                elif value is not None:
+                    cells.setdefault((run.row, column), Cell()).not_finite += 1
             seconds = read_run_record(run.run_dir(report_dir)).get("seconds_per_epoch")
             if seconds:
                 cells.setdefault((run.row, costs[2]), Cell()).values.append(float(seconds))
@@ -174,12 +193,14 @@ def markdown_table(table: ResultTable) -> str:
     for row in table.rows:
         cells = [row[0], row[1]]
         for column in table.columns:
-            cell, best = table.cell(row, column), table.best(column)
+            cell = table.cell(row, column)
             text = _format(cell.mean, column)
             if cell.std is not None:
                 text += f" ± {_format(cell.std, column)}"
-            if cell.mean is not None and best is not None and _format(cell.mean, column) == _format(best, column):
+            if table.clear_best(column) == row:
                 text = f"**{text}**"
+            if cell.not_finite:
+                text += f" ({cell.not_finite} of {cell.n + cell.not_finite} runs not finite)"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -189,7 +210,9 @@ def write_markdown(table: ResultTable, path: Path, *, title: str, notes: list[st
     seeds = (f"seeds {', '.join(map(str, table.seeds))}" if len(table.seeds) > 1
              else f"seed {table.seeds[0]} (one seed: no standard deviation)")
     legend = (f"Mean ± sample standard deviation over {seeds} (test split); "
-              "best value of each column in **bold** (highest score; for costs the fastest or smallest). "
+              "best value of each column in **bold** when it leads the next by more than one standard deviation "
+              "(highest score; for costs the fastest or smallest); runs whose value was not finite are counted "
+              "beside the cell, never averaged. "
               "Costs: " + "; ".join(f"`{k}` = {v}" for k, (v, _) in COSTS.items()) + ". `–`: not defined or not run.")
     text = f"# {title}\n\n{legend}\n\n{markdown_table(table)}\n"
     if notes:

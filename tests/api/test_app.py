@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -281,3 +282,14 @@ def test_file_names_are_labels_never_paths(client, tmp_path):
     assert answer.status_code == 200 and answer.json()["name"] == "passwd.png"
     answer = client.post("/v1/predict", files=_file(b"", "C:\\\\Windows\\\\win.ini"))
     assert answer.status_code == 422 and "(win.ini)" in answer.json()["detail"]
+
+
+def test_a_non_finite_probability_is_sent_as_null_not_as_zero():
+    from cellgap.api.routes.predict import _finite
+    from cellgap.api.schemas import _CELL_EXAMPLE, PredictResponse
+
+    cells = [{**_CELL_EXAMPLE, "id": 1, "probability": float("nan")}, {**_CELL_EXAMPLE, "id": 2}]
+    response = PredictResponse(name="t.png", width=64, height=64, model_id="m", sliding_window=False, n_cells=2,
+                               counts={"inflammatory": 2}, cells=cells)
+    sent = json.loads(_finite(response).model_dump_json())
+    assert [c["probability"] for c in sent["cells"]] == [None, 0.91]

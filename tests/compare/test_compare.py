@@ -92,9 +92,12 @@ def test_grid_produces_every_artefact_from_real_runs(grid):
     header = [c.strip() for c in table[0].strip("|").split("|")]
     body = [[c.strip() for c in line.strip("|").split("|")] for line in table[1:]]
     column = header.index("synthetic PQ")
-    best = max(rows, key=lambda k: float(rows[k]["synthetic PQ mean"]))
+    ranked = sorted(rows, key=lambda k: float(rows[k]["synthetic PQ mean"]), reverse=True)
+    first, second = (rows[k] for k in ranked[:2])
+    lead = float(first["synthetic PQ mean"]) - float(second["synthetic PQ mean"])
+    clear = lead > max(float(first["synthetic PQ std"]), float(second["synthetic PQ std"])) and lead >= 5e-4
     for cells in body:
-        assert ("**" in cells[column]) == ((cells[0], cells[1]) == best)
+        assert ("**" in cells[column]) == (clear and (cells[0], cells[1]) == ranked[0])
         assert "±" in cells[column]
     assert {"synthetic mPQ+", "synthetic F1_d", "synthetic PQ+ tumour", "synthetic tiles/s", "synthetic KiB/tile",
             "synthetic s/epoch"} <= set(header)
@@ -282,3 +285,21 @@ def test_broken_yaml_exits_2_with_one_line(tmp_path):
     result = compare("--config", str(path), "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1 and "not valid YAML" in result.stderr
+
+
+def test_bold_marks_only_a_lead_beyond_the_noise_and_non_finite_runs_are_counted():
+    from cellgap.compare.report import Cell, Column, ResultTable, markdown_table
+
+    pq = Column("d", "PQ", "score")
+    rows = [("a", "x"), ("b", "x"), ("c", "x")]
+
+    def table(values):
+        return ResultTable(rows, [pq], {(r, pq): Cell(list(v)) for r, v in zip(rows, values)}, (0, 1))
+
+    assert table([[0.6, 0.62], [0.4, 0.41], [0.1, 0.1]]).clear_best(pq) == ("a", "x")
+    assert table([[0.6, 0.7], [0.58, 0.66], [0.1, 0.1]]).clear_best(pq) is None  # lead 0.03 < std 0.07
+    assert table([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]).clear_best(pq) is None  # a tie at zero
+    noisy = table([[0.5, 0.52], [0.2, 0.2], [0.1, 0.1]])
+    noisy.cells[(rows[1], pq)].not_finite = 1
+    text = markdown_table(noisy)
+    assert "(1 of 3 runs not finite)" in text and text.count("**") == 2

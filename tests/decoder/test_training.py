@@ -68,7 +68,8 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, conv_store):
     killed = tmp_path / "killed"
     process = subprocess.Popen(args + ["--out", str(killed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stderr:
-        if "epoch 2:" in line:
+        if "epoch 2/3:" in line:
+            assert "eta" in line, line
             process.kill()
             break
     process.wait()

@@ -116,8 +116,15 @@ def test_bad_weights_are_clear_errors(tmp_path):
 
 
 def test_unknown_encoder_suggests_close_names():
-    with pytest.raises(EncoderError, match="did you mean.*convnext_atto"):
+    with pytest.raises(EncoderError, match="did you mean.*convnext_atto") as caught:
         resolve_preset("convnext_atoo")
+    suggested = str(caught.value).split("did you mean ", 1)[1].split("?")[0].split(", ")
+    assert len(suggested) == len(set(suggested)), suggested  # a preset sharing a timm name is named once
+
+
+def test_preset_names_match_whatever_their_case():
+    assert resolve_preset("UNI") is resolve_preset("uni")
+    assert resolve_preset("ConvNeXt_Atto").name == "convnext_atto"
 
 
 def test_unreachable_pretrained_weights_name_the_model_and_options(monkeypatch):

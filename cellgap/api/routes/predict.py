@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from enum import Enum
 from typing import Annotated
@@ -21,6 +22,7 @@ from cellgap.api.settings import Settings
 from cellgap.api.uploads import ACCEPTED, Limits, decode_image
 from cellgap.decoder.postprocess import Instances
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Depends(require_api_key)])
 
 
@@ -55,10 +57,15 @@ def _json(model: PredictResponse | BatchResponse) -> Response:
 
 
 def _finite(response: PredictResponse) -> PredictResponse:
-    """NaN probabilities (should not happen) would break strict JSON: report them as 0."""
+    """A non-finite probability (a damaged model output) is sent as null, never as a made-up number:
+    strict JSON has no NaN, and 0 would read as a confident 'no'."""
+    broken = 0
     for cell in response.cells:
-        if not math.isfinite(cell.probability):
-            cell.probability = 0.0
+        if cell.probability is not None and not math.isfinite(cell.probability):
+            cell.probability = None
+            broken += 1
+    if broken:
+        log.warning("%s: %d cells with a non-finite probability, sent as null", response.name, broken)
     return response
 
 

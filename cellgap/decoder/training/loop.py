@@ -105,6 +105,15 @@ def _save_state(out: Path, optimiser, scheduler, progress: dict[str, Any], ema: 
     os.replace(temporary, out / STATE)
 
 
+def _duration(seconds: float) -> str:
+    """A log-friendly duration: 45s, 3m, 1h20m."""
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
 def _tune_kept_model(config: TrainConfig, store: FeatureStore, valid_idx: np.ndarray, base: PostprocessConfig,
                      metric: str, device: torch.device) -> None:
     """Choose the kept model's post-processing on the valid split and store it in its checkpoint."""
@@ -229,7 +238,9 @@ def train(config: TrainConfig) -> TrainResult:
         append_log(out, record)
         draw_curves(out)
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.get("valid", {}).items()}
-        log.info("epoch %d: loss %.4f %s (%.1f s)", epoch + 1, record["train"]["loss"], shown or "", seconds)
+        remaining = (config.epochs - epoch - 1) * float(np.mean(progress["epoch_seconds"]))
+        log.info("epoch %d/%d: loss %.4f %s (%.1f s, eta %s)", epoch + 1, config.epochs, record["train"]["loss"],
+                 shown or "", seconds, _duration(remaining))
         if config.schedule == "plateau" and config.early_stopping and progress["stale"] >= config.early_stopping:
             log.info("early stopping: no improvement of %s for %d validations", metric, progress["stale"])
             break

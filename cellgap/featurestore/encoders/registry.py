@@ -149,6 +149,9 @@ def resolve_preset(name: str) -> EncoderPreset:
     """The preset for a name, or an ad-hoc preset for any timm or hub name; unknown names suggest matches."""
     if name in PRESETS:
         return PRESETS[name]
+    folded = {preset.lower(): preset for preset in PRESETS}
+    if name.lower() in folded:  # `UNI` as papers spell it is the `uni` preset
+        return PRESETS[folded[name.lower()]]
     for preset in PRESETS.values():
         if preset.pretrained_id and normalise_hub_id(preset.pretrained_id) == normalise_hub_id(name):
             return preset
@@ -159,8 +162,8 @@ def resolve_preset(name: str) -> EncoderPreset:
 
     architecture = name.split(".", 1)[0]
     if not timm.is_model(architecture):
-        choices = list(PRESETS) + timm.list_models()
-        close = difflib.get_close_matches(name, choices, n=4, cutoff=0.6)
+        choices = list(dict.fromkeys([*PRESETS, *timm.list_models()]))  # a preset may share a timm name
+        close = difflib.get_close_matches(name.lower(), choices, n=4, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise EncoderError(f"unknown encoder {name!r} (not a preset or timm model){hint} "
                            "See `cellgap encoders` for the presets.")
