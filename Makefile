@@ -7,9 +7,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install contract clean
 
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu installs the CPU-only torch first (about 1 GB
+# instead of 6 with the CUDA libraries that PyPI's default wheel pulls in).
+TORCH_INDEX ?=
+TORCH_PINS := "torch>=2.4,<=2.14.1" "torchvision>=0.19,<=0.29.1"
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/pip install --quiet --index-url $(TORCH_INDEX) $(TORCH_PINS))
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	touch $(STAMP)
 
