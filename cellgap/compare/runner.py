@@ -31,6 +31,7 @@ from cellgap.compare.runs import (
     skipped_outcome,
 )
 from cellgap.compare.stores import StoreOutcome, prepare_store
+from cellgap.core.atomic import write_atomically
 from cellgap.core.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -145,9 +146,7 @@ class _State:
         self.write()
 
     def write(self) -> None:
-        temporary = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        temporary.write_text(json.dumps({"jobs": self.jobs}, indent=1) + "\n")
-        os.replace(temporary, self.path)
+        write_atomically(self.path, json.dumps({"jobs": self.jobs}, indent=1) + "\n")
 
 
 def make_slots(jobs: int, scheduler: str | None):

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from cellgap.compare.config import CompareConfig
 from cellgap.compare.grid import RunJob
 from cellgap.compare.stores import StoreOutcome
+from cellgap.core.atomic import write_atomically
 from cellgap.decoder.training.config import TrainConfig
 from cellgap.featurestore.errors import ManifestMismatchError
 from cellgap.featurestore.store.manifest import Manifest, check_compatible
@@ -159,9 +160,7 @@ def _train(run_dir: Path, wanted: TrainConfig, status: RunStatus) -> tuple[dict[
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    os.replace(temporary, path)
+    write_atomically(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
 
 
 def execute_run(job: RunJob, config: CompareConfig, store: StoreOutcome, report_dir: Path, *,

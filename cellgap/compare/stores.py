@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from typing import Literal
 
 from cellgap.compare.config import ExtractSettings
 from cellgap.compare.grid import StoreJob
+from cellgap.core.atomic import write_atomically
 from cellgap.featurestore.extract.job import run_plan
 from cellgap.featurestore.extract.plan import plan_extraction
 from cellgap.featurestore.store.catalog import (
@@ -80,9 +80,7 @@ def _write_cost_record(store: Path, tiles_total: int, written: int, seconds: flo
               "seconds": seconds_total, "tiles_per_second": speed,
               "device": device, "recorded": datetime.now(UTC).isoformat(timespec="seconds")}
     path = cost_record_path(store)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(temporary, path)
+    write_atomically(path, json.dumps(record, indent=2) + "\n")
     return record
 
 

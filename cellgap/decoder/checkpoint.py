@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 
+from cellgap.core.atomic import write_atomically
 from cellgap.decoder.errors import CheckpointError
 from cellgap.decoder.networks import CellDecoder, NetworkSpec, on_device
 from cellgap.decoder.postprocess import PostprocessConfig
@@ -51,9 +52,8 @@ def save_checkpoint(path: Path, model: CellDecoder, manifest: Manifest, postproc
     }, default=str)}
     if not all_finite(model):
         raise CheckpointError(f"{path}: refusing to save weights that are not finite")
-    temporary = path.with_name(path.name + ".partial")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(temporary), metadata)
-    os.replace(temporary, path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_atomically(path, save_bytes(tensors, metadata), durable=True)
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:

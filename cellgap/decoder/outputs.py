@@ -17,7 +17,6 @@ import csv
 import io
 import json
 import math
-import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from cellgap.core.atomic import write_atomically
 from cellgap.decoder.errors import DecoderError
 from cellgap.decoder.postprocess import Instances
 
@@ -352,6 +352,4 @@ def _check_name(name: str) -> None:
 def _write(path: Path, data: bytes) -> None:
     """Write through a temporary file and rename, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    write_atomically(path, data)

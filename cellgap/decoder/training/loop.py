@@ -6,9 +6,9 @@ same batch order, so a resumed run follows the uninterrupted one.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 
+from cellgap.core.atomic import write_atomically
 from cellgap.core.progress import progress_bar
 from cellgap.decoder.checkpoint import BEST, LAST, STATE, all_finite, load_checkpoint, save_checkpoint
 from cellgap.decoder.errors import TrainingError
@@ -98,11 +99,10 @@ def _optimiser(config: TrainConfig, model: CellDecoder, steps_per_epoch: int):
 
 
 def _save_state(out: Path, optimiser, scheduler, progress: dict[str, Any], ema: ModelEmaV3 | None) -> None:
-    temporary = out / (STATE + ".partial")
     extra = {"ema": ema.state_dict()} if ema is not None else {}
-    torch.save({"optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(), **progress, **extra},
-               temporary)
-    os.replace(temporary, out / STATE)
+    buffer = io.BytesIO()
+    torch.save({"optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(), **progress, **extra}, buffer)
+    write_atomically(out / STATE, buffer.getbuffer(), durable=True)
 
 
 def _duration(seconds: float) -> str:

@@ -17,7 +17,6 @@ import mmap
 import os
 import struct
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import google_crc32c
 import numcodecs
 import numpy as np
 
+from cellgap.core.atomic import temporary_beside, write_atomically
 from cellgap.featurestore.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def write_aligned_durably(path: Path, memory: np.ndarray, nbytes: int) -> None:
 def _write_direct(path: Path, memory: np.ndarray, nbytes: int) -> bool:
     """False, leaving nothing behind, where the file system refuses direct I/O."""
     _ensure_folder(path.parent)
-    temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    temporary = temporary_beside(path)
     try:
         try:
             descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o644)
@@ -237,17 +237,7 @@ def write_chunk_file(path: Path, chunk_shape: tuple[int, ...], dtype: np.dtype, 
 def write_durably(path: Path, parts: list) -> None:
     """Write bytes-like parts to a temporary file, fsync it, and rename it into place (all or nothing)."""
     _ensure_folder(path.parent)
-    temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        with open(temporary, "wb") as handle:
-            for part in parts:
-                handle.write(part)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    write_atomically(path, parts, durable=True)
 
 
 def fsync_folder(folder: Path) -> None:
