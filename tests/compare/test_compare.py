@@ -137,7 +137,7 @@ def test_killed_run_resumes(grid, tmp_path):
     args = [CELLGAP, "compare", "--no-progress", "--config", str(config), "--out", str(out)]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     for line in process.stderr:
-        if "epoch 3:" in line:
+        if "epoch 3/" in line:
             process.kill()
             break
     process.wait()

@@ -173,6 +173,16 @@ def test_unknown_schema_and_foreign_folders_are_refused(tmp_path, store6):
         open_store(str(tmp_path / "missing.zarr"))
 
 
+@pytest.mark.parametrize("root", [b'{"zarr_format": 3, "node_type": "group", "attributes": {}}', b'{"zarr_for'])
+def test_a_kill_right_after_the_root_group_was_written_is_resumed(tmp_path, root):
+    """kill -9 between zarr's first write and the creation marker leaves an empty root: start it again."""
+    path = tmp_path / "cut.zarr"
+    path.mkdir()
+    (path / "zarr.json").write_bytes(root)
+    extract(path, dataset="synthetic:2")
+    assert open_store(str(path)).manifest.dataset.n_tiles == 2
+
+
 def test_int8_stores_half_the_bytes_within_a_few_percent(tmp_path, store6, conic_dir):
     path = tmp_path / "int8.zarr"
     extract(path, dataset=f"conic:{conic_dir}", dtype="int8")

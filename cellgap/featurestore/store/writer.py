@@ -7,6 +7,7 @@ every tile either complete or pending.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -291,12 +292,23 @@ def _existing_group(location: str) -> tuple[bool, zarr.Group | None]:
             return False, None
         if path.is_file() or (path.is_dir() and any(path.iterdir()) and not (path / "zarr.json").exists()):
             raise StoreError(f"{location}: exists and is not a cellgap store; choose another --store path")
-        if not (path / "zarr.json").exists():
+        if not (path / "zarr.json").exists() or _only_an_empty_root(path):
             return False, None
     try:
         return True, open_group(location, mode="r")
     except FileNotFoundError:
         return False, None
+
+
+def _only_an_empty_root(path: Path) -> bool:
+    """A kill just after zarr wrote the root group, before its first attribute: nothing is stored yet."""
+    if [child.name for child in path.iterdir()] != ["zarr.json"]:
+        return False
+    try:
+        document = json.loads((path / "zarr.json").read_bytes())
+    except (OSError, ValueError):
+        return True  # cut off while zarr wrote it
+    return isinstance(document, dict) and not document.get("attributes")
 
 
 def _remove(location: str) -> None:
