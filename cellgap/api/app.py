@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None, *, predictor_factory: Predictor
     for module in (health, metrics, models, predict, evaluate):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=registry)
+    app.add_middleware(MetricsMiddleware, metrics=registry, routes=app.routes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -1,129 +1,74 @@
-"""Prometheus text-format metrics of one app: request counts and latencies, tiles predicted, cells found.
+"""Prometheus metrics of one app: request counts and latencies, tiles predicted, cells found.
 
-A small thread-safe registry (no client library): counters and histograms keyed by label values,
-rendered in the text exposition format 0.0.4. One instance per app, created by the app factory.
+Built on `prometheus_client` with one registry per app (created by the app factory, never the
+process-wide default). Labels are bounded: a route is the template of one of the app's routes and a
+method one HTTP defines; anything else is counted under `other`, so made-up paths or methods
+cannot grow the exposition.
 """
 from __future__ import annotations
 
-import bisect
-import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values)] + ([extra] if extra else [])
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-def _number(value: float) -> str:
-    return repr(float(value)) if value != int(value) else str(int(value))
-
-
-class Counter:
-    def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> None:
-        self.name, self.help, self.label_names = name, help_text, labels
-        self._values: dict[tuple[str, ...], float] = defaultdict(float)
-        self._lock = threading.Lock()
-
-    def inc(self, amount: float = 1.0, *labels: str) -> None:
-        with self._lock:
-            self._values[labels] += amount
-
-    def value(self, *labels: str) -> float:
-        with self._lock:
-            return self._values.get(labels, 0.0)
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        with self._lock:
-            items = sorted(self._values.items())
-        if not items and not self.label_names:
-            items = [((), 0.0)]
-        lines += [f"{self.name}{_labels(self.label_names, k)} {_number(v)}" for k, v in items]
-        return lines
-
-
-class Histogram:
-    def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = (),
-                 buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.name, self.help, self.label_names, self.buckets = name, help_text, labels, buckets
-        self._counts: dict[tuple[str, ...], list[int]] = {}
-        self._sums: dict[tuple[str, ...], float] = defaultdict(float)
-        self._lock = threading.Lock()
-
-    def observe(self, value: float, *labels: str) -> None:
-        index = bisect.bisect_left(self.buckets, value)
-        with self._lock:
-            counts = self._counts.setdefault(labels, [0] * (len(self.buckets) + 1))
-            counts[index] += 1
-            self._sums[labels] += value
-
-    def count(self, *labels: str) -> int:
-        with self._lock:
-            return sum(self._counts.get(labels, ()))
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        with self._lock:
-            items = sorted((k, list(v), self._sums[k]) for k, v in self._counts.items())
-        for key, counts, total in items:
-            running = 0
-            for bound, count in zip((*self.buckets, float("inf")), counts):
-                running += count
-                le = "+Inf" if bound == float("inf") else _number(bound)
-                bucket = _labels(self.label_names, key, 'le="' + le + '"')
-                lines.append(f"{self.name}_bucket{bucket} {running}")
-            lines.append(f"{self.name}_sum{_labels(self.label_names, key)} {repr(float(total))}")
-            lines.append(f"{self.name}_count{_labels(self.label_names, key)} {running}")
-        return lines
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+OTHER = "other"
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 class Metrics:
-    """Everything /metrics shows; `gauges` are read at render time (queue depth, model loaded)."""
+    """Everything /metrics shows; `gauge` values are read at render time (queue depth, model loaded)."""
 
     def __init__(self) -> None:
-        self.requests = Counter("cellgap_http_requests_total", "HTTP requests answered, by route, method and status",
-                                ("route", "method", "status"))
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter("cellgap_http_requests", "HTTP requests answered, by route, method and status",
+                                ("route", "method", "status"), registry=registry)
         self.latency = Histogram("cellgap_http_request_duration_seconds",
-                                 "time from request start to the end of the answer", ("route", "method"))
-        self.images = Counter("cellgap_images_predicted_total", "images (tiles or larger) predicted")
-        self.tiles = Counter("cellgap_tiles_predicted_total", "model tiles predicted (a large image counts its windows)")
-        self.cells = Counter("cellgap_cells_found_total", "nuclei found in predicted images")
-        self.rejected = Counter("cellgap_requests_rejected_total", "predictions refused because the queue was full")
-        self.batches = Histogram("cellgap_batch_size", "items per model call of the batcher", (), BATCH_BUCKETS)
-        self.model_seconds = Counter("cellgap_model_busy_seconds_total", "time the model worker spent predicting")
-        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+                                 "time from request start to the end of the answer", ("route", "method"),
+                                 buckets=LATENCY_BUCKETS, registry=registry)
+        self.images = Counter("cellgap_images_predicted", "images (tiles or larger) predicted", registry=registry)
+        self.tiles = Counter("cellgap_tiles_predicted", "model tiles predicted (a large image counts its windows)",
+                             registry=registry)
+        self.cells = Counter("cellgap_cells_found", "nuclei found in predicted images", registry=registry)
+        self.rejected = Counter("cellgap_requests_rejected", "predictions refused because the queue was full",
+                                registry=registry)
+        self.batches = Histogram("cellgap_batch_size", "items per model call of the batcher", buckets=BATCH_BUCKETS,
+                                 registry=registry)
+        self.model_seconds = Counter("cellgap_model_busy_seconds", "time the model worker spent predicting",
+                                     registry=registry)
+        self._gauges: dict[str, Gauge] = {}
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        self.gauges[name] = (help_text, read)
+        """A value read when /metrics is rendered; a second service on the same app replaces the reader."""
+        if name not in self._gauges:
+            self._gauges[name] = Gauge(name, help_text, registry=self.registry)
+        self._gauges[name].set_function(read)
 
-    def render(self) -> str:
-        lines: list[str] = []
-        for metric in (self.requests, self.latency, self.images, self.tiles, self.cells, self.rejected, self.batches,
-                       self.model_seconds):
-            lines += metric.render()
-        for name, (help_text, read) in sorted(self.gauges.items()):
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {_number(read())}"]
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
 
 class MetricsMiddleware:
-    """Counts every HTTP answer by route template (not raw path: no label explosion) and status."""
+    """Counts every HTTP answer by route template (never the raw path) and status."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute]) -> None:
+        self.app, self.metrics, self.routes = app, metrics, routes
+
+    def labels(self, scope: Scope) -> tuple[str, str]:
+        """(route template, method): `other` for a path outside the app or a method HTTP does not define."""
+        route = getattr(scope.get("route"), "path", None)  # set by FastAPI for its API routes
+        if route is None:  # plain Starlette routes such as /docs and /openapi.json
+            matched = (r for r in self.routes if hasattr(r, "path") and r.matches(scope)[0] is not Match.NONE)
+            route = getattr(next(matched, None), "path", OTHER)
+        method = scope.get("method", "")
+        return route, method if method in HTTP_METHODS else OTHER
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -141,7 +86,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            method = scope.get("method", "")
-            self.metrics.requests.inc(1, route, method, str(status))
-            self.metrics.latency.observe(time.perf_counter() - start, route, method)
+            route, method = self.labels(scope)
+            self.metrics.requests.labels(route, method, str(status)).inc()
+            self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)

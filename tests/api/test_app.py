@@ -242,13 +242,27 @@ def test_prometheus_metrics_count_routes_tiles_and_cells(client):
     client.post("/v1/predict", files=_file(b"junk"))
     client.get("/nowhere/123")
     text = client.get("/metrics").text
-    assert 'cellgap_http_requests_total{route="/v1/predict",method="POST",status="200"} 3' in text
-    assert 'cellgap_http_requests_total{route="/v1/predict",method="POST",status="415"} 1' in text
-    assert 'route="unmatched"' in text and "/nowhere/123" not in text
-    assert "cellgap_tiles_predicted_total 3" in text and "cellgap_cells_found_total 6" in text
-    assert 'cellgap_http_request_duration_seconds_bucket{route="/v1/predict",method="POST",le="+Inf"} 4' in text
+    assert 'cellgap_http_requests_total{method="POST",route="/v1/predict",status="200"} 3.0' in text
+    assert 'cellgap_http_requests_total{method="POST",route="/v1/predict",status="415"} 1.0' in text
+    assert 'route="other"' in text and "/nowhere/123" not in text
+    assert "cellgap_tiles_predicted_total 3.0" in text and "cellgap_cells_found_total 6.0" in text
+    assert 'cellgap_http_request_duration_seconds_bucket{le="+Inf",method="POST",route="/v1/predict"} 4.0' in text
     assert "cellgap_queue_depth 0" in text and "cellgap_model_loaded 1" in text
     assert client.get("/metrics").headers["content-type"].startswith("text/plain; version=0.0.4")
+
+
+def test_metric_labels_stay_bounded_under_made_up_methods_and_paths(client):
+    """Every made-up method or path is counted under `other`: the exposition cannot grow without bound."""
+    for i in range(200):
+        client.request(f"BREW{i}", "/v1/predict")
+        client.get(f"/random/{i}")
+    client.get("/docs")
+    client.get("/openapi.json")
+    text = client.get("/metrics").text
+    assert "BREW" not in text and "/random/" not in text
+    assert 'method="other",route="/v1/predict"' in text and 'method="GET",route="other"' in text
+    assert 'route="/docs"' in text and 'route="/openapi.json"' in text
+    assert len(text) < 20_000
 
 
 def test_openapi_is_complete_with_examples(client):

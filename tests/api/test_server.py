@@ -147,7 +147,7 @@ def test_a_burst_of_200_concurrent_requests(server, tile_png):
     assert after_second - after_first < 100, f"a second burst added {after_second - after_first:.0f} MiB"
     metrics = client.get("/metrics").text
     assert "cellgap_queue_depth 0" in metrics
-    assert 'route="/v1/predict",method="POST",status="200"}' in metrics
+    assert 'method="POST",route="/v1/predict",status="200"}' in metrics
     assert client.get("/healthz").status_code == 200
 
 
