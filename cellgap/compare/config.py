@@ -149,7 +149,7 @@ def _check_unique(config: CompareConfig, source: str) -> None:
 
 def _check_encoders(config: CompareConfig, source: str) -> None:
     """Names resolve to an encoder; ViT block strategies only on ViTs; index lists are numbers."""
-    from cellgap.featurestore.encoders.layers import VIT_STRATEGIES
+    from cellgap.featurestore.encoders.layers import check_layers_for_family
     from cellgap.featurestore.encoders.registry import resolve_preset
     from cellgap.featurestore.errors import EncoderError
 
@@ -162,12 +162,10 @@ def _check_encoders(config: CompareConfig, source: str) -> None:
             raise CompareError(f"{source}: encoders[{index}].weights: no such file {str(entry.weights)!r}")
         for position, layers in enumerate(entry.layers):
             where = f"{source}: encoders[{index}].layers[{position}]"
-            if layers in VIT_STRATEGIES and preset.family != "vit":
-                raise CompareError(f"{where}: {layers!r} is a ViT block strategy but {entry.encoder!r} is hierarchical "
-                                   "(use default, all or stage indices)")
-            if layers not in ("default", "all", *VIT_STRATEGIES) and not re.fullmatch(r"-?\d+(,-?\d+)*", layers):
-                raise CompareError(f"{where}: {layers!r}: use default, all, {', '.join(VIT_STRATEGIES)} or indices "
-                                   "like 2,5,8,11")
+            try:
+                check_layers_for_family(layers, preset.family)
+            except EncoderError as error:
+                raise CompareError(f"{where}: {one_line(error)}") from None
 
 
 def parse_compare_config(values: Any, source: str = "config") -> CompareConfig:

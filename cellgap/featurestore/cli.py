@@ -24,16 +24,32 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
                         help="load pretrained weights (default true); false = seeded random weights")
     parser.add_argument("--weights", type=Path, help="local checkpoint (.safetensors/.pth) instead of downloading")
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights (default 0)")
-    parser.add_argument("--layers", default="default",
+    parser.add_argument("--layers", default="default", type=_layer_spec,
                         help="default | all | shallow | deep | mixed (ViTs) | indices like 2,5,8,11")
     parser.add_argument("--tile-size", type=at_least(32), default=256, help="tile side in pixels, >= 32 (default 256)")
     parser.add_argument("--input-size", type=at_least(32),
                         help="side fed to the model, >= 32 (default: tile size, or a 16x16 grid for patch-14 ViTs)")
 
 
-def encoder_settings(args: argparse.Namespace):
-    from cellgap.featurestore.encoders.description import EncoderSettings
+def _layer_spec(text: str) -> str:
+    """The form of `--layers`, checked while parsing: a typo fails before any encoder is built."""
+    from cellgap.featurestore.encoders.layers import parse_layer_spec
+    from cellgap.featurestore.errors import EncoderError
 
+    try:
+        parse_layer_spec(text)
+    except EncoderError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def encoder_settings(args: argparse.Namespace):
+    """The encoder flags as settings; a ViT strategy on a hierarchical preset is refused here, unbuilt."""
+    from cellgap.featurestore.encoders.description import EncoderSettings
+    from cellgap.featurestore.encoders.layers import check_layers_for_family
+    from cellgap.featurestore.encoders.registry import resolve_preset
+
+    check_layers_for_family(args.layers, resolve_preset(args.encoder).family)
     return EncoderSettings(name=args.encoder, pretrained=args.pretrained, weights=args.weights, seed=args.seed,
                            layers=args.layers, tile_size=args.tile_size, input_size=args.input_size)
 

@@ -1,6 +1,7 @@
 """The feature store's commands: help, a real extraction, and one-line errors with exit code 2."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,21 @@ def test_bad_inputs_are_one_line_errors(tmp_path, tiles4):
     _one_line_error(run_cli("extract", "--dataset", f"conic:{good}", "--store", str(tmp_path / "e.zarr"), *base,
                             "--input-size", "8"), "--input-size", ">= 32")
     _one_line_error(run_cli("store", "info", str(tmp_path / "missing.zarr")), "no store here")
+
+
+def test_a_misspelt_layer_spec_fails_before_the_data_or_the_encoder_is_touched(tmp_path):
+    # uni's weights are gated and the data set is absent: either would be the error if --layers came later
+    _one_line_error(run_cli("extract", "--dataset", f"conic:{tmp_path / 'nothing'}", "--store", str(tmp_path / "a.zarr"),
+                            "--encoder", "uni", "--layers", "deeep"), "--layers", "'deeep'", "mixed")
+    assert not (tmp_path / "a.zarr").exists()
+
+
+def test_an_unreachable_hub_is_one_line_without_retries(tmp_path):
+    # a closed local port stands for a network without a route to the hub; an empty HF_HOME for no cache
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([CELLGAP, "extract", "--dataset", "synthetic:2", "--store", str(tmp_path / "a.zarr"),
+                             "--encoder", "uni", "--no-progress"], capture_output=True, text=True, timeout=300, env=env)
+    _one_line_error(result, "cannot load encoder 'uni'", "cannot be reached", "not in the local cache", "--weights")
 
 
 def test_store_of_another_encoder_on_the_command_line(tmp_path, tiles4):

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cellgap.featurestore.encoders.description import EncoderDescription, EncoderSettings, LayerInfo
+from cellgap.featurestore.encoders.hub import offline_unless_reachable
 from cellgap.featurestore.encoders.layers import select_layers
 from cellgap.featurestore.encoders.registry import EncoderPreset, is_fixed_size_vit, resolve_preset, takes_dynamic_size
 from cellgap.featurestore.encoders.weights import (
@@ -52,10 +53,16 @@ def _build_kwargs(preset: EncoderPreset, image_size: int) -> dict[str, Any]:
 def _create(model_id: str, pretrained: bool, kwargs: dict[str, Any], name: str, gated: bool) -> torch.nn.Module:
     import timm
 
+    online = True
     try:
-        return timm.create_model(model_id, pretrained=pretrained, **kwargs)
+        if not pretrained:
+            return timm.create_model(model_id, pretrained=False, **kwargs)
+        with offline_unless_reachable() as online:
+            return timm.create_model(model_id, pretrained=True, **kwargs)
     except Exception as error:  # network, hub auth and checkpoint errors come in many types
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        if not online:
+            reason = f"the hub cannot be reached and the weights are not in the local cache ({reason})"
         access = " (gated: request access on the hub and run `huggingface-cli login`)" if gated else ""
         raise EncoderError(
             f"cannot load encoder {name!r} from {model_id!r}{access}: {reason}. Options: make the weights reachable "

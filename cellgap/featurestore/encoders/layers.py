@@ -29,23 +29,43 @@ def vit_block_indices(strategy: str, depth: int) -> list[int]:
     return sorted({int(np.floor(s + 0.5)) - 1 for s in spots})
 
 
-def select_layers(spec: str, n_levels: int, single_stride: bool) -> list[int]:
-    """Level indices to tap for a `--layers` value: default/all, a ViT strategy, or `i,j,k` (negative counts from the end)."""
+def parse_layer_spec(spec: str) -> str | list[int]:
+    """A `--layers` value checked for its form alone, before any encoder is built: `all`, a ViT strategy
+    or block indices (`default` resolves to `all` or `mixed` once the encoder is known)."""
     text = spec.strip().lower()
-    if text in ("", "default"):
-        text = "mixed" if single_stride else "all"
-    if text == "all":
-        return list(range(n_levels))
-    if text in VIT_STRATEGIES:
-        if not single_stride:
-            raise EncoderError(f"layer strategy {text!r} is for ViTs; this encoder has stages at several strides "
-                               "(use all or explicit indices)")
-        return vit_block_indices(text, n_levels)
+    if text in ("", "default", "all", *VIT_STRATEGIES):
+        return text or "default"
     try:
         indices = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise EncoderError(f"--layers {spec!r}: use default, all, {', '.join(VIT_STRATEGIES)} or indices like 2,5,8,11") from None
-    resolved = sorted({i + n_levels if i < 0 else i for i in indices})
-    if not resolved or resolved[0] < 0 or resolved[-1] >= n_levels:
+        indices = []
+    if not indices:
+        raise EncoderError(f"layers {spec!r}: use default, all, {', '.join(VIT_STRATEGIES)} "
+                           "or indices like 2,5,8,11")
+    return indices
+
+
+def check_layers_for_family(spec: str, family: str) -> None:
+    """Refuse a ViT block strategy for a hierarchical encoder from its preset alone, before it is built."""
+    parsed = parse_layer_spec(spec)
+    if isinstance(parsed, str) and parsed in VIT_STRATEGIES and family != "vit":
+        raise EncoderError(f"layer strategy {parsed!r} is for ViTs; this encoder has stages at several strides "
+                           "(use default, all or stage indices)")
+
+
+def select_layers(spec: str, n_levels: int, single_stride: bool) -> list[int]:
+    """Level indices to tap for a `--layers` value: default/all, a ViT strategy, or `i,j,k` (negative counts from the end)."""
+    parsed = parse_layer_spec(spec)
+    if parsed == "default":
+        parsed = "mixed" if single_stride else "all"
+    if parsed == "all":
+        return list(range(n_levels))
+    if isinstance(parsed, str):
+        if not single_stride:
+            raise EncoderError(f"layer strategy {parsed!r} is for ViTs; this encoder has stages at several strides "
+                               "(use all or explicit indices)")
+        return vit_block_indices(parsed, n_levels)
+    resolved = sorted({i + n_levels if i < 0 else i for i in parsed})
+    if resolved[0] < 0 or resolved[-1] >= n_levels:
         raise EncoderError(f"--layers {spec!r}: indices must lie in 0..{n_levels - 1} (or -{n_levels}..-1)")
     return resolved
