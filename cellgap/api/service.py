@@ -6,7 +6,6 @@ thread, so only one thread ever touches the model.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -134,7 +133,7 @@ class ModelService:
             self.metrics.rejected.inc()
             raise ServiceUnavailableError(f"the prediction queue is full (room for {self.settings.queue_size} "
                                           "tiles): retry later", code="busy", retry_after_s=retry) from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ServiceUnavailableError(f"no prediction within {self.settings.predict_timeout_s:g} s: retry later",
                                           code="timeout", retry_after_s=retry) from None
         except BatcherClosedError:

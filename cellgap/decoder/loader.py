@@ -137,7 +137,8 @@ class StoreBatches:
         def per_sample(tensor, fn):
             return None if tensor is None else torch.stack([fn(t, v) for t, v in zip(tensor, views)])
 
-        spatial = lambda t, v: apply_view(t, v, axes=(-2, -1)).contiguous()
+        def spatial(t, v):
+            return apply_view(t, v, axes=(-2, -1)).contiguous()
         image = per_sample(image, spatial)
         sm1, classes, weight = per_sample(sm1, spatial), per_sample(classes, spatial), per_sample(weight, spatial)
         ddm = per_sample(ddm, lambda t, v: view_ddm(t, v).contiguous())

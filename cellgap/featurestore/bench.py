@@ -187,7 +187,7 @@ def bench_one(name: str, sample: str, images: np.ndarray, batch_size: int, devic
         intra_ratios.append(measured["extract"] / measured["intra"])
     read_rate, memmap_rate = read_rates(store_path, scratch, batch_size)
     disk_mb = disk_write_rate(scratch)
-    raw = sum(l.channels * l.height * l.width * 4 for l in encoder.description.layers)
+    raw = sum(layer.channels * layer.height * layer.width * 4 for layer in encoder.description.layers)
     return ExtractBenchRow(
         encoder=name, weights=encoder.description.weights_source.split(":")[0], device=str(encoder.device), dtype=dtype,
         codec=codec, tiles=len(images), replicas=replica_count(encoder.device),

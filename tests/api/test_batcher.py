@@ -133,7 +133,7 @@ def test_submit_racing_close_never_leaves_a_future_hanging():
         start = threading.Barrier(5)
         futures: list = []
 
-        def submitter(batcher=batcher, start=start) -> None:
+        def submitter(batcher=batcher, start=start, futures=futures) -> None:
             start.wait()
             for i in range(20):
                 try:

@@ -41,7 +41,7 @@ def test_class_head_is_optional(conv_store):
 
 def test_decoder_is_small_next_to_the_encoders_it_serves(conv_store):
     model, spec, _, _, store = _model_and_inputs(conv_store)
-    shapes = [(l.channels, l.height, l.width) for l in store.layers]
+    shapes = [(layer.channels, layer.height, layer.width) for layer in store.layers]
     parameters, flops = count_parameters(model), flops_per_tile(model, shapes)
     assert parameters < 3e6 and 1e9 < flops < 5e9  # ConvNeXt-B alone: 88M parameters, ~20 GFLOP at 256 px
     base = CellDecoder(network_spec(store.layers, "hierarchical", 256, 3, DecoderConfig.sized("base")))

@@ -81,7 +81,7 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, conv_store):
     b = load_checkpoint(killed / "last.safetensors").model.state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
-    assert [json.loads(l)["epoch"] for l in (killed / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(line)["epoch"] for line in (killed / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
 def test_existing_run_dir_without_resume_is_refused(trained_run, conv_store):

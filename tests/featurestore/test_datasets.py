@@ -120,7 +120,7 @@ def test_folder_class_names_with_padded_ids(tmp_path, tiles4):
     assert open_dataset(f"folder:{root}").info.class_names == ("tumour", "lymphocyte")
     (root / "classes.json").write_text('{"1": "tumour", "01": "again"}')
     with pytest.raises(DatasetError, match="classes.json: class ids must be 1..K"):
-        open_dataset(f"folder:{root}").info
+        _ = open_dataset(f"folder:{root}").info
 
 
 def test_folder_cuts_large_images_into_covering_tiles(tmp_path):

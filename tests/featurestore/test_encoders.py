@@ -13,7 +13,7 @@ from cellgap.featurestore.errors import EncoderError
 
 
 def _layers(settings: EncoderSettings):
-    return [(l.name, l.stride, l.channels, l.height) for l in FrozenEncoder(settings).description.layers]
+    return [(layer.name, layer.stride, layer.channels, layer.height) for layer in FrozenEncoder(settings).description.layers]
 
 
 def test_hierarchical_encoder_taps_every_stage():
@@ -27,7 +27,7 @@ def test_swin_is_built_for_the_input_size_not_the_tile_size():
                                             input_size=128, layers="0,3"))
     d = encoder.description
     assert d.family == "hierarchical" and d.input_size == 128 and d.resize
-    assert [(l.name, l.stride, l.height) for l in d.layers] == [("stage0", 8.0, 32), ("stage3", 64.0, 4)]
+    assert [(layer.name, layer.stride, layer.height) for layer in d.layers] == [("stage0", 8.0, 32), ("stage3", 64.0, 4)]
     maps = encoder(torch.zeros(1, 256, 256, 3, dtype=torch.uint8))
     assert [tuple(m.shape[2:]) for m in maps] == [(32, 32), (4, 4)]
 
@@ -36,7 +36,7 @@ def test_swin_is_built_for_the_input_size_not_the_tile_size():
     ("mixed", [2, 5, 8, 11]), ("shallow", [1, 2, 4, 5]), ("deep", [7, 8, 10, 11]), ("3,-1", [3, 11])])
 def test_vit_strategies_tap_token_grids_without_prefix_tokens(strategy, blocks):
     encoder = FrozenEncoder(EncoderSettings(name="vit_tiny", pretrained=False, layers=strategy))
-    assert [l.index for l in encoder.description.layers] == blocks
+    assert [layer.index for layer in encoder.description.layers] == blocks
     maps = encoder(torch.zeros(2, 256, 256, 3, dtype=torch.uint8))
     assert [tuple(m.shape) for m in maps] == [(2, 192, 16, 16)] * len(blocks)  # the class token is gone
     assert encoder.description.position_embedding.startswith("interpolated")
@@ -53,7 +53,7 @@ def test_register_tokens_dropped_and_patch14_resized_to_a_16x16_grid():
     encoder = FrozenEncoder(EncoderSettings(name="vit_small_patch14_reg4_dinov2", pretrained=False, layers="0,11"))
     d = encoder.description
     assert d.input_size == 224 and d.resize and d.interpolation.startswith("bicubic")
-    assert [(l.height, l.width, l.stride) for l in d.layers] == [(16, 16, 16.0), (16, 16, 16.0)]
+    assert [(layer.height, layer.width, layer.stride) for layer in d.layers] == [(16, 16, 16.0), (16, 16, 16.0)]
     assert encoder.model.num_prefix_tokens == 5
 
 
@@ -189,7 +189,7 @@ def test_fixed_size_vits_are_built_for_the_tile_side():
     d = encoder.description
     assert d.family == "vit" and d.input_size == 256 and not d.resize
     assert d.position_embedding == "built for 256 px (timm resamples position tables made for (224, 224))"
-    assert [(l.channels, l.height) for l in d.layers] == [(384, 16), (384, 16)]
+    assert [(layer.channels, layer.height) for layer in d.layers] == [(384, 16), (384, 16)]
 
 
 def test_moving_an_encoder_keeps_its_outputs():

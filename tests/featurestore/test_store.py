@@ -192,7 +192,8 @@ def test_int8_stores_half_the_bytes_within_a_few_percent(tmp_path, store6, conic
         assert np.abs(a - b).mean() / np.abs(b).mean() < 0.02
         codes, scale = int8.read_stored_features(np.arange(2), layer)
         assert codes.dtype == np.int8 and scale.shape == (2, codes.shape[1])
-    size = lambda p: sum(f.stat().st_size for f in (p / "features").rglob("*") if f.is_file())
+    def size(p):
+        return sum(f.stat().st_size for f in (p / "features").rglob("*") if f.is_file())
     assert size(path) < 0.6 * size(store6)
 
 

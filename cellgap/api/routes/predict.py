@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import numpy as np
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Depends(require_api_key)])
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     json = "json"
     geojson = "geojson"
     png = "png"

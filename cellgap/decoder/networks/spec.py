@@ -27,7 +27,7 @@ class DecoderConfig(BaseModel):
     ddm_head_width: int = Field(8, ge=1, description="residual width of the distance-map head (CISCA: 4 on 256 features)")
 
     @classmethod
-    def sized(cls, size: str) -> "DecoderConfig":
+    def sized(cls, size: str) -> DecoderConfig:
         if size == "small":
             return cls()
         if size == "base":

@@ -29,7 +29,7 @@ def _on_worker(name: str, key: str, build: Callable[[], T]) -> T:
 
         keep_freed_memory()  # a worker process is started by dask, not by the cellgap command that sets this
         cache = {}
-        setattr(worker, "_cellgap_cache", cache)
+        worker._cellgap_cache = cache
     if name not in cache or cache[name][0] != key:
         cache[name] = (key, build())
     return cache[name][1]

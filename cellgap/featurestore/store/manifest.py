@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -79,7 +79,7 @@ def new_manifest(encoder: EncoderDescription, info: DatasetInfo, metas: Sequence
         names_sha256=names_fingerprint(metas),
     )
     return Manifest(schema_version=SCHEMA_VERSION, cellgap_version=cellgap_version(),
-                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"), encoder=encoder,
+                    created=datetime.now(UTC).isoformat(timespec="seconds"), encoder=encoder,
                     dataset=dataset, storage=storage, pixel_hash=PIXEL_HASH)
 
 

@@ -257,7 +257,7 @@ def create_store(location: str, manifest: Manifest, metas: Sequence[TileMeta]) -
     shard_tiles = manifest.storage.shard_tiles
     specs = layout.tile_arrays(len(metas), manifest.dataset.tile_size, manifest.dataset.has_labels,
                                manifest.pixel_hash)
-    layers = [(l.name, l.channels, l.height, l.width) for l in manifest.encoder.layers]
+    layers = [(layer.name, layer.channels, layer.height, layer.width) for layer in manifest.encoder.layers]
     specs += layout.feature_arrays(len(metas), layers, manifest.storage.dtype, manifest.storage.codec,
                                    manifest.storage.views)
     for spec in specs:
