@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cellgap.api.errors import InvalidInputError, TooLargeError, UnsupportedMediaError
-from cellgap.featurestore.datasets.imageio import split_label_array, to_rgb_uint8
+from cellgap.featurestore.datasets.imageio import pil_pixels, split_label_array, to_rgb_uint8
 from cellgap.featurestore.errors import DatasetError
 
 ACCEPTED = "PNG, JPEG, TIFF or .npy"
@@ -118,9 +118,7 @@ def _read_pil(data: bytes, limits: Limits, what: str) -> np.ndarray:
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)
         try:
-            if image.mode in ("P", "PA", "CMYK", "YCbCr", "LA", "1", "LAB", "HSV"):
-                image = image.convert("RGBA" if image.mode in ("PA", "LA") else "RGB")
-            array = np.asarray(image)
+            array = pil_pixels(image)
         except Exception as error:  # noqa: BLE001 - damaged files raise many kinds inside the codecs
             raise InvalidInputError(f"{what}: the image data is damaged ({type(error).__name__}: {error})",
                                     code="invalid_image") from None

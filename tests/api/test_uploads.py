@@ -161,3 +161,25 @@ def test_labels_from_npy():
         assert caught.value.code == code, bad
     with pytest.raises(UnsupportedMediaError):
         decode_labels(png_bytes(blob_tile(8)), LIMITS)
+
+
+@pytest.mark.parametrize("mode", ["P", "P+transparency", "1", "LA", "L", "I;16", "RGBA"])
+def test_a_file_and_an_upload_of_the_same_image_give_the_same_pixels(tmp_path, mode):
+    from cellgap.featurestore.datasets.imageio import read_image
+
+    ramp = np.linspace(0, 255, 64).astype(np.uint8)
+    rgb = Image.fromarray(np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], 128), axis=-1).astype(np.uint8))
+    path = tmp_path / "tile.png"
+    if mode == "I;16":
+        rgb.convert("I").point(lambda v: v * 200).convert("I;16").save(path)
+    elif mode.startswith("P"):
+        palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE)
+        palette.save(path, **({"transparency": 0} if "transparency" in mode else {}))
+    else:
+        rgb.convert(mode).save(path)
+    from_file = read_image(path)
+    from_upload = decode_image(path.read_bytes(), LIMITS)
+    assert from_file.shape == (64, 64, 3) and from_file.dtype == np.uint8
+    np.testing.assert_array_equal(from_file, from_upload)
+    if mode.startswith("P") or mode == "RGBA":  # colour kept: the pixels follow the original
+        assert np.abs(from_file.astype(int) - np.asarray(rgb, int)).mean() < 12

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cellgap.featurestore.errors import DatasetError, DatasetNotFoundError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 LABEL_SUFFIXES: tuple[str, ...] = (".npy", ".tif", ".tiff", ".mat", ".png")
@@ -24,10 +28,23 @@ def read_image(path: Path) -> np.ndarray:
             from PIL import Image
 
             with Image.open(path) as image:
-                array = np.asarray(image.convert("RGB") if image.mode in ("P", "CMYK", "YCbCr", "LA") else image)
+                array = pil_pixels(image)
     except (OSError, ValueError) as error:
         raise DatasetError(f"{path}: cannot read image ({error})") from None
     return to_rgb_uint8(array, str(path))
+
+
+# PIL modes whose pixels are not colour values as stored (palettes, bilevel, other colour spaces)
+_CONVERTED_MODES = {"P": "RGB", "PA": "RGBA", "1": "RGB", "CMYK": "RGB", "YCbCr": "RGB",
+                    "LA": "RGBA", "LAB": "RGB", "HSV": "RGB"}
+
+
+def pil_pixels(image: Image.Image) -> np.ndarray:
+    """The pixels of an opened PIL image as colour values, for `to_rgb_uint8`: palette, bilevel and other
+    colour-space images are converted; grey, 16-bit and RGB(A) are passed as stored. Files and uploads
+    share it, so the command line and the service read the same PNG the same way."""
+    target = _CONVERTED_MODES.get(image.mode)
+    return np.asarray(image.convert(target) if target else image)
 
 
 def to_rgb_uint8(array: np.ndarray, what: str) -> np.ndarray:
