@@ -50,7 +50,8 @@ def serve_in_subprocess(run_dir: Path | None, *, port: int | None = None, env: d
         deadline = time.monotonic() + ready_timeout_s
         while True:
             if process.poll() is not None:
-                raise ApiError(f"the server exited with code {process.returncode}: {process.stderr.read()[-2000:]}")
+                stderr = process.stderr.read() if process.stderr is not None else ""
+                raise ApiError(f"the server exited with code {process.returncode}: {stderr[-2000:]}")
             try:
                 if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
                     break

@@ -63,11 +63,11 @@ class MetricsMiddleware:
 
     def labels(self, scope: Scope) -> tuple[str, str]:
         """(route template, method): `other` for a path outside the app or a method HTTP does not define."""
-        route = getattr(scope.get("route"), "path", None)  # set by FastAPI for its API routes
+        route: str | None = getattr(scope.get("route"), "path", None)  # set by FastAPI for its API routes
         if route is None:  # plain Starlette routes such as /docs and /openapi.json
             matched = (r for r in self.routes if hasattr(r, "path") and r.matches(scope)[0] is not Match.NONE)
-            route = getattr(next(matched, None), "path", OTHER)
-        method = scope.get("method", "")
+            route = str(getattr(next(matched, None), "path", OTHER))
+        method = str(scope.get("method", ""))
         return route, method if method in HTTP_METHODS else OTHER
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-_CELL_EXAMPLE = {"id": 1, "class_id": 2, "class_name": "inflammatory", "probability": 0.91,
+_CELL_EXAMPLE: dict[str, Any] = {"id": 1, "class_id": 2, "class_name": "inflammatory", "probability": 0.91,
                  "centroid": [37.4, 12.9], "bbox": [31, 7, 44, 19], "area": 118,
                  "polygon": [[33.0, 7.0], [42.0, 7.0], [42.0, 9.0], [44.0, 9.0], [44.0, 17.0], [40.0, 19.0],
                              [33.0, 19.0], [31.0, 15.0], [31.0, 9.0], [33.0, 7.0]]}

@@ -26,9 +26,14 @@ logger = logging.getLogger(__name__)
 class PredictorLike(Protocol):
     """What the service needs of `decoder.predictor.Predictor`."""
 
-    class_names: tuple[str, ...]
-    tile_size: int
-    model_id: str
+    @property
+    def class_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def tile_size(self) -> int: ...
+
+    @property
+    def model_id(self) -> str: ...
 
     def describe(self) -> dict[str, Any]: ...
 

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 
-def report_rows(rows: Sequence[Any], format_rows: Callable[[Sequence[Any]], str], json_path: Path | None) -> None:
+def report_rows(rows: list[Any], format_rows: Callable[[list[Any]], str], json_path: Path | None) -> None:
     """Print the full table; write the rows (dataclasses) as JSON when a path is given."""
     print()
     print(format_rows(rows))

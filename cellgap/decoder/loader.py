@@ -103,6 +103,7 @@ class StoreBatches:
                 values[rows] = part
                 if scales is not None:
                     scales[rows] = part_scale
+            assert values is not None  # every batch holds at least one view
             features.append((values, scales))
         targets = self.targets.read(indices) if self.targets is not None else None
         return HostBatch(indices, views, stains, features, self.store.read_images(indices),

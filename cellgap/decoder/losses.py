@@ -78,7 +78,7 @@ class CiscaLoss(torch.nn.Module):
             "dice_boundary": 1 - dice(probability[:, 0], (sm1 == 0).float()),
             "dice_body": 1 - dice(probability[:, 1], (sm1 == 1).float()),
             "mae": masked_mae(outputs["ddm"], ddm, weight),
-            "msge": gradient_loss(outputs["ddm"], ddm, weight, self.kernels),
+            "msge": gradient_loss(outputs["ddm"], ddm, weight, self.get_buffer("kernels")),
         }
         total = (w.cce * parts["cce"] + w.dice_boundary * parts["dice_boundary"] + w.dice_body * parts["dice_body"]
                  + w.mae * parts["mae"] + w.msge * parts["msge"])

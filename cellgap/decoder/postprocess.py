@@ -68,7 +68,7 @@ class PostprocessConfig(BaseModel):
         return magnification_defaults(data, _BY_MAGNIFICATION)
 
     @classmethod
-    def preset(cls, name: PresetName | None = None, magnification: int = 40, **overrides: Any) -> PostprocessConfig:
+    def preset(cls, name: str | None = None, magnification: int = 40, **overrides: Any) -> PostprocessConfig:
         """The reference parameters of a data set, or of a magnification when `name` is None."""
         if name is None:
             return cls(magnification=magnification, **overrides)

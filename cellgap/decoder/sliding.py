@@ -45,7 +45,8 @@ def blend_windows(image: np.ndarray, tile: int, predict_windows: Callable[[np.nd
                     sums[name] = np.zeros((values.shape[0], height, width), np.float32)
                 sums[name][(slice(None),) + region] += values * weight
             total[region] += weight
-    return TileMaps(**{name: (sums[name] / total if name in sums else None) for name in ("sm1", "ddm", "classes")})
+    return TileMaps(sm1=sums["sm1"] / total, ddm=sums["ddm"] / total,
+                    classes=sums["classes"] / total if "classes" in sums else None)
 
 
 def pad_to_tile(image: np.ndarray, tile: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -54,5 +55,7 @@ def pad_to_tile(image: np.ndarray, tile: int) -> tuple[np.ndarray, tuple[int, in
     pad_rows, pad_cols = max(0, tile - height), max(0, tile - width)
     if not pad_rows and not pad_cols:
         return image, (height, width)
-    mode = "reflect" if height > 1 and width > 1 and pad_rows < height and pad_cols < width else "edge"
-    return np.pad(image, ((0, pad_rows), (0, pad_cols), (0, 0)), mode=mode), (height, width)
+    pad_width = ((0, pad_rows), (0, pad_cols), (0, 0))
+    if height > 1 and width > 1 and pad_rows < height and pad_cols < width:
+        return np.pad(image, pad_width, mode="reflect"), (height, width)
+    return np.pad(image, pad_width, mode="edge"), (height, width)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import UploadFile
+from starlette.datastructures import UploadFile  # FastAPI's UploadFile subclasses it; forms hold this one
 
 from cellgap.api.errors import ErrorBody, InvalidInputError, TooLargeError
 from cellgap.api.settings import Settings

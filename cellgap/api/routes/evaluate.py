@@ -129,9 +129,9 @@ async def pairs_from_form(request: Request, settings: Settings) -> tuple[list[Pa
                 if not isinstance(upload, UploadFile):
                     raise InvalidInputError(f"field {field!r}: expected a .npy file upload, got a text value",
                                             code="not_an_array")
-                data = await read_upload(upload, field, settings)  # type: ignore[arg-type]
+                data = await read_upload(upload, field, settings)
                 ids, classes = await run_in_threadpool(decode_labels, data, limits, describe_upload(upload, field))
-                name = PurePosixPath(upload_name(upload)).stem or str(position)  # type: ignore[arg-type]
+                name = PurePosixPath(upload_name(upload)).stem or str(position)
                 images.append(LabelledImage(name=name, instances=ids, classes=classes))
             sides[field] = images
         names = form.get("class_names")
