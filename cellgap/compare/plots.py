@@ -105,6 +105,12 @@ def instances_of_maps(instances: np.ndarray, classes: np.ndarray | None) -> Inst
     return Instances(labels=labels, classes=types, probabilities=np.ones(n, np.float32))
 
 
+def _unit_rgb(rgb: tuple[int, int, int]) -> tuple[float, float, float]:
+    """A 0..255 colour as matplotlib takes it."""
+    red, green, blue = rgb
+    return red / 255, green / 255, blue / 255
+
+
 def gallery(grid: Grid, dataset: str, store: StoreOutcome, finished: set[str], report_dir: Path, n_tiles: int,
             path: Path) -> Path | None:
     """The first `n_tiles` test tiles: image, ground truth, and each (encoder, layers) prediction side by side."""
@@ -150,7 +156,7 @@ def gallery(grid: Grid, dataset: str, store: StoreOutcome, finished: set[str], r
                 axis.set_title(title, fontsize=8)
         axes[i][0].set_ylabel(name, fontsize=7)
     figure.suptitle(f"{dataset}: test tiles (first seed of each run)", fontsize=9)
-    handles = [Patch(color=np.array(class_color(k)) / 255, label=name) for k, name in enumerate(names, start=1)]
+    handles = [Patch(color=_unit_rgb(class_color(k)), label=name) for k, name in enumerate(names, start=1)]
     if handles:
         figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, 0.04 if handles else 0, 1, 1))

@@ -71,8 +71,7 @@ class ResultTable:
         return self.cells.get((row, column), Cell())
 
     def best(self, column: Column) -> float | None:
-        means = [self.cell(r, column).mean for r in self.rows]
-        means = [m for m in means if m is not None]
+        means = [m for m in (self.cell(r, column).mean for r in self.rows) if m is not None]
         if not means:
             return None
         return max(means) if column.better == "max" else min(means)
@@ -110,8 +109,12 @@ def score_extractors(manifest_format: str, class_names: tuple[str, ...]) -> list
         found += [("bPQ", "score", lambda r: r.pannuke.bpq), ("mPQ", "score", lambda r: r.pannuke.mpq)]
     found.append(("F1_d", "score", lambda r: r.detection.f1_d))
     for k, name in enumerate(class_names, start=1):
-        found.append((f"PQ+ {name}", "class", lambda r, k=k: r.conic.pq_plus.get(str(k))))
+        found.append((f"PQ+ {name}", "class", _class_pq_plus(k)))
     return found
+
+
+def _class_pq_plus(class_id: int) -> Extractor:
+    return lambda r: r.conic.pq_plus.get(str(class_id))
 
 
 def _store_of(run: RunJob, stores: dict[tuple, StoreOutcome]) -> StoreOutcome | None:

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cellgap.compare.config import CompareConfig
 from cellgap.compare.errors import CompareError, one_line
@@ -33,6 +33,9 @@ from cellgap.compare.runs import (
 from cellgap.compare.stores import StoreOutcome, prepare_store
 from cellgap.core.atomic import write_atomically
 from cellgap.core.progress import progress_bar
+
+if TYPE_CHECKING:
+    from distributed import Future as DaskFuture
 
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
@@ -102,7 +105,7 @@ class DaskSlots:
     def slots(self) -> list[str]:
         return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
 
-    def submit(self, slot: str, fn: Callable, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, slot: str, fn: Callable, *args: Any, **kwargs: Any) -> DaskFuture:
         name = getattr(fn, "__name__", "job")
         return self.client.submit(fn, *args, workers=[slot], allow_other_workers=False, pure=False,
                                   key=f"cellgap-compare-{name}-{os.urandom(6).hex()}", **kwargs)
@@ -125,7 +128,8 @@ class CompareSummary:
 
     def counts(self) -> dict[str, int]:
         found: dict[str, int] = {}
-        for outcome in [*self.stores.values(), *self.runs.values()]:
+        outcomes: list[StoreOutcome | RunOutcome] = [*self.stores.values(), *self.runs.values()]
+        for outcome in outcomes:
             found[outcome.action] = found.get(outcome.action, 0) + 1
         if self.failures:
             found["failed"] = len(self.failures)

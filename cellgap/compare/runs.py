@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from cellgap.compare.config import CompareConfig
+from cellgap.compare.errors import CompareError
 from cellgap.compare.grid import RunJob
 from cellgap.compare.stores import StoreOutcome
 from cellgap.core.atomic import write_atomically
@@ -74,6 +75,8 @@ def headline(report: MetricsReport) -> dict[str, float | None]:
 def skipped_outcome(job: RunJob, run_dir: Path, started: float | None = None) -> RunOutcome:
     """The outcome of a run found finished: its stored headline and s/epoch; seconds since `started` (else 0)."""
     report = read_metrics(run_dir)
+    if report is None:  # found finished moments ago; gone or damaged since
+        raise CompareError(f"{run_dir}: {METRICS} is missing or damaged")
     seconds_per_epoch = read_run_record(run_dir).get("seconds_per_epoch")
     seconds = 0.0 if started is None else time.perf_counter() - started
     return RunOutcome(job.key, str(run_dir), "skipped", headline(report), seconds_per_epoch, seconds)

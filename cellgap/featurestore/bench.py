@@ -11,6 +11,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,7 +203,7 @@ def bench_one(name: str, sample: str, images: np.ndarray, batch_size: int, devic
     )
 
 
-def format_rows(rows: list[ExtractBenchRow]) -> str:
+def format_rows(rows: Sequence[ExtractBenchRow]) -> str:
     header = (f"{'encoder':<28} {'dtype':<7} {'codec':<9} {'enc t/s':>8} {'extr t/s':>8} {'extr/enc':>8} "
               f"{'1x t/s':>7} {'extr/1x':>7} "
               f"{'KiB/tile':>9} {'vs f32':>7} {'read t/s':>9} {'mmap t/s':>9} {'read/mmap':>9} {'disk cap':>8}")

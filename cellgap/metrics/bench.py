@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import ModuleType
+from typing import Protocol, TypeVar
 
 import numpy as np
 from scipy import ndimage
@@ -14,6 +15,17 @@ from cellgap.metrics.image import image_stats
 
 DENSITIES: tuple[int, ...] = (8, 40, 300)  # nuclei per 256x256 tile: few, typical, crowded
 _ID_LIMIT = 2**31 - 1
+T = TypeVar("T")
+
+
+class LabelledTile(Protocol):
+    """A generated GT tile, as `make_tile` gives it (featurestore's `SyntheticTile`)."""
+
+    @property
+    def instances(self) -> np.ndarray: ...
+
+    @property
+    def classes(self) -> np.ndarray: ...
 
 
 def perturb(instances: np.ndarray, classes: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,16 +93,18 @@ def _reference_scores(reference: ModuleType, gt: np.ndarray, pred: np.ndarray) -
     return pq
 
 
-def _best_ms(work: Callable[[], object], repeats: int) -> tuple[float, object]:
+def _best_ms(work: Callable[[], T], repeats: int) -> tuple[float, T]:
     best, result = float("inf"), None
     for _ in range(repeats):
         start = time.perf_counter()
         result = work()
         best = min(best, (time.perf_counter() - start) * 1e3)
+    if result is None:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     return best, result
 
 
-def run_benchmark(reference: ModuleType, make_tile: Callable[..., object], *, tiles: int = 5, seed: int = 0,
+def run_benchmark(reference: ModuleType, make_tile: Callable[..., LabelledTile], *, tiles: int = 5, seed: int = 0,
                   size: int = 256, densities: Sequence[int] = DENSITIES, repeats: int = 3) -> list[BenchRow]:
     """Time both on the same tiles (best of `repeats` per tile, mean over tiles).
 

@@ -58,9 +58,10 @@ def image_stats(gt_instances: np.ndarray, pred_instances: np.ndarray, gt_classes
     gt_instances, pred_instances = np.asarray(gt_instances), np.asarray(pred_instances)
     check_same_shape(gt_instances, pred_instances, what)
     typed = gt_classes is not None and pred_classes is not None
-    class_maps = [c for c in (gt_classes, pred_classes) if typed and not isinstance(c, Mapping)]
+    class_maps = [c for c in (gt_classes, pred_classes) if typed and c is not None and not isinstance(c, Mapping)]
     for side, classes in zip(("ground truth", "prediction"), (gt_classes, pred_classes)):
-        if typed and not isinstance(classes, Mapping) and np.shape(classes) != np.shape(gt_instances):
+        if (typed and classes is not None and not isinstance(classes, Mapping)
+                and np.shape(classes) != np.shape(gt_instances)):
             raise EvaluationError(f"{what}, {side}: class map has shape {np.shape(classes)}, "
                                   f"instance map {np.shape(gt_instances)}")
     runs = compress(gt_instances, pred_instances, *class_maps)
@@ -68,7 +69,7 @@ def image_stats(gt_instances: np.ndarray, pred_instances: np.ndarray, gt_classes
     table = overlap_table(gt.labels, gt.count, pred.labels, pred.count, weights=runs.lengths)
     scores = instance_scores(table, match_iou)
     gt_points, pred_points = centroids(gt, runs, table.gt_area), centroids(pred, runs, table.pred_area)
-    if not typed:
+    if gt_classes is None or pred_classes is None:  # untyped
         detection = detection_counts(gt_points, np.zeros(gt.count, np.intp), pred_points,
                                      np.zeros(pred.count, np.intp), radius)
         return ImageStats(name, tissue, gt.count, pred.count, scores, detection, None, None, None, 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
 
@@ -13,8 +14,17 @@ from cellgap.metrics.instance import PQCounts, hovernet_pq
 UNKNOWN_TISSUE = "unknown"  # the name under which images without a tissue are grouped
 
 
+@overload
+def nanmean(values: np.ndarray, axis: None = None) -> float: ...
+
+
+@overload
+def nanmean(values: np.ndarray, axis: int) -> np.ndarray | float: ...
+
+
 def nanmean(values: np.ndarray, axis: int | None = None) -> np.ndarray | float:
-    """Mean ignoring NaN; NaN (no warning) where nothing is left."""
+    """Mean ignoring NaN; NaN (no warning) where nothing is left. A float without `axis` (or when the result is
+    0-d), else an array."""
     values = np.asarray(values, np.float64)
     valid = ~np.isnan(values)
     count = valid.sum(axis=axis)
@@ -63,7 +73,7 @@ def pannuke_summary(class_pq: np.ndarray | None, bpq: np.ndarray, tissues: Seque
     the tissues present (images without a tissue form one group).
     """
     n = bpq.shape[0]
-    image_mpq = nanmean(class_pq, axis=1) if class_pq is not None and class_pq.shape[1] else np.full(n, math.nan)
+    image_mpq = np.asarray(nanmean(class_pq, axis=1)) if class_pq is not None and class_pq.shape[1] else np.full(n, math.nan)
     names = [t if t else UNKNOWN_TISSUE for t in tissues]
     groups = sorted(set(names))
     per_tissue: dict[str, tuple[float, float]] = {}

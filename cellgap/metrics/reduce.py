@@ -28,6 +28,12 @@ def _by_class(values: dict[int, float]) -> dict[str, float]:
     return {str(c): v for c, v in values.items()}
 
 
+def _class_stats(stats: ImageStats) -> tuple[ClassPQCounts, np.ndarray, np.ndarray]:
+    """Class PQ counts and GT and predicted instances per class of a typed image."""
+    assert stats.class_pq is not None and stats.gt_class_counts is not None and stats.pred_class_counts is not None
+    return stats.class_pq, stats.gt_class_counts, stats.pred_class_counts
+
+
 def reduce_stats(images: Sequence[ImageStats], *, n_classes: int | None = None, class_names: Sequence[str] = (),
                  radius: float = 12.0) -> MetricsReport:
     """Means over images (HoVer-Net instance scores, PanNuke), pooled counts (detection, CoNIC).
@@ -42,7 +48,7 @@ def reduce_stats(images: Sequence[ImageStats], *, n_classes: int | None = None, 
 
     per_image = np.array([[getattr(s.instance, m) for m in INSTANCE_METRICS] for s in images], np.float64)
     per_image = per_image.reshape(len(images), len(INSTANCE_METRICS))
-    means = nanmean(per_image, axis=0)
+    means = np.asarray(nanmean(per_image, axis=0))  # (metrics,): per_image is 2-D
     used = (~np.isnan(per_image)).sum(axis=0)
     instance = InstanceMetrics(**{m: means[i] for i, m in enumerate(INSTANCE_METRICS)},
                                n_used={m: int(used[i]) for i, m in enumerate(INSTANCE_METRICS)})
@@ -53,15 +59,16 @@ def reduce_stats(images: Sequence[ImageStats], *, n_classes: int | None = None, 
                                  acc_type=det.acc_type if typed else None, f_c=_by_class(det.f_c))
 
     bpq = np.array([image_bpq(s.instance.pq, s.n_gt) for s in images], np.float64)
-    if typed:
-        class_counts = fold(add, (s.class_pq for s in images), ClassPQCounts.empty())
+    if typed:  # then every image is (see EvaluationAccumulator)
+        by_image = [_class_stats(s) for s in images]
+        class_counts = fold(add, (counts for counts, _, _ in by_image), ClassPQCounts.empty())
         plus = pq_plus(class_counts, class_ids)
-        true_counts = np.stack([pad_to(s.gt_class_counts, k + 1)[: k + 1] for s in images])
-        pred_counts = np.stack([pad_to(s.pred_class_counts, k + 1)[: k + 1] for s in images])
+        true_counts = np.stack([pad_to(gt, k + 1)[: k + 1] for _, gt, _ in by_image])
+        pred_counts = np.stack([pad_to(pred, k + 1)[: k + 1] for _, _, pred in by_image])
         r2, r2_per_class = multi_r2(true_counts, pred_counts, class_ids)
         conic = ConicMetrics(mpq_plus=mpq_plus(plus), pq_plus=_by_class(plus), r2=r2,
                              r2_per_class=_by_class(r2_per_class))
-        class_pq = np.stack([image_class_pq(s.class_pq, class_ids) for s in images])
+        class_pq = np.stack([image_class_pq(counts, class_ids) for counts, _, _ in by_image])
     else:
         conic = ConicMetrics(mpq_plus=None, pq_plus={}, r2=None, r2_per_class={})
         class_pq = None

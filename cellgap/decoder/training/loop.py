@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import torch
@@ -44,6 +44,16 @@ from cellgap.featurestore.store.reader import FeatureStore, open_store
 
 log = logging.getLogger(__name__)
 _RESUMABLE_CHANGES = {"resume", "progress", "device", "loader_threads"}
+
+
+class _Progress(TypedDict):
+    """Where a run stands after an epoch; saved in its state file for --resume."""
+
+    epoch: int
+    best: float | None
+    best_epoch: int | None
+    stale: int
+    epoch_seconds: list[float]
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,8 @@ def _indices(store: FeatureStore, split: str, what: str) -> np.ndarray:
 
 
 def _optimiser(config: TrainConfig, model: CellDecoder, steps_per_epoch: int):
+    optimiser: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     if config.optimizer == "adamw":
         optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     else:  # CISCA: Adam with AMSGrad
@@ -98,11 +110,11 @@ def _optimiser(config: TrainConfig, model: CellDecoder, steps_per_epoch: int):
     return optimiser, scheduler
 
 
-def _save_state(out: Path, optimiser, scheduler, progress: dict[str, Any], ema: ModelEmaV3 | None) -> None:
+def _save_state(out: Path, optimiser, scheduler, progress: _Progress, ema: ModelEmaV3 | None) -> None:
     extra = {"ema": ema.state_dict()} if ema is not None else {}
     buffer = io.BytesIO()
     torch.save({"optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(), **progress, **extra}, buffer)
-    write_atomically(out / STATE, buffer.getbuffer(), durable=True)
+    write_atomically(out / STATE, [buffer.getbuffer()], durable=True)
 
 
 def _duration(seconds: float) -> str:
@@ -158,9 +170,9 @@ def train(config: TrainConfig) -> TrainResult:
     post = postprocess_preset(store.manifest.dataset.format, store.magnification, config.postprocess)
     metric = config.best_metric if config.best_metric != "auto" else ("mpq_plus" if spec.n_classes > 0 else "pq")
     by_name = {layer.name: layer for layer in store.layers}
-    feature_shapes = [(plan.channels, by_name[plan.name].height, by_name[plan.name].width) for plan in spec.layers]
+    feature_shapes: list[tuple[int, ...]] = [(plan.channels, by_name[plan.name].height, by_name[plan.name].width) for plan in spec.layers]
     parameters, gflops = count_parameters(model), flops_per_tile(model, feature_shapes) / 1e9
-    progress = {"epoch": 0, "best": None, "best_epoch": None, "stale": 0, "epoch_seconds": []}
+    progress: _Progress = {"epoch": 0, "best": None, "best_epoch": None, "stale": 0, "epoch_seconds": []}
     # One good batch late in an epoch is not the model: validate and keep a moving average of the weights.
     ema = ModelEmaV3(model, decay=config.ema, use_warmup=True) if config.ema > 0 else None
     evaluated = ema.module if ema is not None else model
@@ -172,7 +184,7 @@ def train(config: TrainConfig) -> TrainResult:
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
-        progress = {k: state[k] for k in progress}
+        progress = cast(_Progress, {k: state[k] for k in progress})
         truncate_log(out, progress["epoch"])
         log.info("resuming %s after epoch %d", out, progress["epoch"])
     else:
@@ -219,7 +231,7 @@ def train(config: TrainConfig) -> TrainResult:
             if config.schedule == "plateau":
                 scheduler.step(score)
             if progress["best"] is None or score > progress["best"]:
-                progress.update(best=score, best_epoch=epoch + 1, stale=0)
+                progress.update({"best": score, "best_epoch": epoch + 1, "stale": 0})
                 save_checkpoint(out / BEST, evaluated, store.manifest, post, class_names,
                                 {"epoch": epoch + 1, "metric": metric, "valid": values, "train": record["train"],
                                  "magnification": {"value": store.magnification,

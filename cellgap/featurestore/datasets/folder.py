@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -41,7 +42,9 @@ def image_size(path: Path) -> tuple[int, int]:
 
             with tifffile.TiffFile(path) as tif:
                 shape = tif.pages[0].shape
-            return (shape[1], shape[2]) if len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4) else shape[:2]
+            if len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4):
+                return shape[1], shape[2]
+            return cast("tuple[int, int]", shape[:2])  # (height, width, ...)
         from PIL import Image
 
         with Image.open(path) as image:
@@ -213,8 +216,10 @@ class ImageFolderDataset:
     def __getitem__(self, index: int) -> Tile:
         image_index, origin = self._tiles[index]
         image, instances, classes = self.read_whole(image_index)
+        tile_image = crop(image, origin, self.tile_size)
+        assert tile_image is not None  # crop keeps None only for None
         return Tile(
-            image=crop(image, origin, self.tile_size),
+            image=tile_image,
             instances=crop(instances, origin, self.tile_size),
             classes=crop(classes, origin, self.tile_size),
             meta=self.metas_cached[index],

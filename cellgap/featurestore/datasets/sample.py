@@ -65,4 +65,5 @@ class SyntheticDataset:
 
     def labelled(self, index: int) -> LabelledImage:
         tile = self[index]
+        assert tile.instances is not None  # generated tiles are always labelled
         return LabelledImage(name=tile.meta.name, instances=tile.instances, classes=tile.classes, tissue="synthetic")

@@ -29,6 +29,12 @@ from cellgap.featurestore.errors import EncoderError
 log = logging.getLogger(__name__)
 
 
+def _timm_api(model: torch.nn.Module) -> Any:
+    """A timm model with its own API in view (feature_info, patch_embed, forward_intermediates, ...), which
+    nn.Module's type does not know: it types every attribute it does not define as `Tensor | Module`."""
+    return model
+
+
 def _resolve_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Turn dotted class names in preset kwargs into the classes themselves."""
     resolved = {}
@@ -106,7 +112,9 @@ class FrozenEncoder:
 
         self.settings = settings
         model, preset, source = build_model(settings)
-        feature_info = model.feature_info if isinstance(model.feature_info, list) else model.feature_info.get_dicts()
+        timm_model = _timm_api(model)
+        feature_info = (timm_model.feature_info if isinstance(timm_model.feature_info, list)
+                        else timm_model.feature_info.get_dicts())
         reductions = {int(f["reduction"]) for f in feature_info}
         single_stride = len(reductions) == 1 and hasattr(model, "patch_embed")
         self.family = "vit" if single_stride else "hierarchical"
@@ -114,7 +122,7 @@ class FrozenEncoder:
         self.input_size, self.resize, position = self._input_policy(model, single_stride)
         weights_sha = state_sha256(model)
         if hasattr(model, "prune_intermediate_layers"):
-            model.prune_intermediate_layers(self.indices, prune_head=True)
+            timm_model.prune_intermediate_layers(self.indices, prune_head=True)
         self.model = model
         config = timm.data.resolve_model_data_config(model)
         mean = preset.mean or tuple(float(v) for v in config["mean"])
@@ -153,8 +161,9 @@ class FrozenEncoder:
         if not single_stride:
             size = self.settings.input_size or tile
             return size, size != tile, "n/a"
-        patch = int(model.patch_embed.patch_size[0])
-        native = getattr(model.patch_embed, "img_size", None)
+        patch_embed = _timm_api(model).patch_embed
+        patch = int(patch_embed.patch_size[0])
+        native = getattr(patch_embed, "img_size", None)
         if self.settings.input_size is not None:
             size = self.settings.input_size
         elif tile % patch == 0:
@@ -199,9 +208,9 @@ class FrozenEncoder:
         x = self.preprocess(tiles.to(self.device, non_blocking=True))
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                maps = self.model.forward_intermediates(x, indices=self.indices, intermediates_only=True)
+                maps = _timm_api(self.model).forward_intermediates(x, indices=self.indices, intermediates_only=True)
         else:
-            maps = self.model.forward_intermediates(x, indices=self.indices, intermediates_only=True)
+            maps = _timm_api(self.model).forward_intermediates(x, indices=self.indices, intermediates_only=True)
         return [m.float() for m in maps]
 
 

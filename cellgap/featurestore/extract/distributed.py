@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cellgap.featurestore.errors import ManifestMismatchError, StoreError
 from cellgap.featurestore.extract.config import ExtractConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_CACHE = "_cellgap_cache"  # the attribute of a dask worker that holds what `_on_worker` built
 
 
 def _on_worker(name: str, key: str, build: Callable[[], T]) -> T:
@@ -23,13 +24,13 @@ def _on_worker(name: str, key: str, build: Callable[[], T]) -> T:
     from distributed import get_worker
 
     worker = get_worker()
-    cache = getattr(worker, "_cellgap_cache", None)
+    cache: dict[str, tuple[str, Any]] | None = getattr(worker, _CACHE, None)
     if cache is None:
         from cellgap.core.allocator import keep_freed_memory
 
         keep_freed_memory()  # a worker process is started by dask, not by the cellgap command that sets this
         cache = {}
-        worker._cellgap_cache = cache
+        setattr(worker, _CACHE, cache)  # dask's Worker has no such attribute of its own
     if name not in cache or cache[name][0] != key:
         cache[name] = (key, build())
     return cache[name][1]

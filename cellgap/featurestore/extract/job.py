@@ -39,8 +39,9 @@ class ExtractSummary:
     def lines(self) -> list[str]:
         if self.already_complete:
             return [f"{self.store}: all {self.tiles_total} tiles are already stored; nothing to do"]
-        size = f"{self.bytes_on_disk / 2**20:.1f} MiB on disk, {self.bytes_per_tile / 2**10:.0f} KiB/tile" \
-            if self.bytes_per_tile else "size unknown (remote store)"
+        per_tile = self.bytes_per_tile  # not None only with bytes on disk
+        size = f"{self.bytes_on_disk / 2**20:.1f} MiB on disk, {per_tile / 2**10:.0f} KiB/tile" \
+            if self.bytes_on_disk and per_tile else "size unknown (remote store)"
         replicas = "" if self.encoder_replicas is None else \
             f" with {self.encoder_replicas} encoder replica{'s' if self.encoder_replicas > 1 else ''}"
         return [f"{self.store}: wrote {self.tiles_written} tiles ({self.tiles_total} in the store) in "

@@ -169,8 +169,9 @@ def encode_shards(dataset: TileDataset, encoder: FrozenEncoder, writer: StoreWri
                 maps = encoder(apply_view(tiles, view, axes=(1, 2)))
                 for layer, values in zip(layers, maps):
                     key = (view, layer.name)
-                    if buffers.get(key) is not None:
-                        host[key] = _store_into(buffers[key], batch.offset, values, storage.dtype)
+                    buffer = buffers.get(key)
+                    if buffer is not None:
+                        host[key] = _store_into(buffer, batch.offset, values, storage.dtype)
                     else:
                         values = values.clamp(-_F16_MAX, _F16_MAX).half() if half else values
                         host[key] = _to_host(values, cuda)
@@ -230,6 +231,7 @@ def _store_into(target: FeatureShard, offset: int, values: torch.Tensor, dtype: 
     rows = slice(offset, offset + len(values))
     stored = torch.from_numpy(target.values.tiles[rows])
     if dtype == "int8":
+        assert target.scales is not None  # an int8 store's feature buffers carry scales (StoreWriter.feature_buffer)
         quantize_int8_into(values, stored, torch.from_numpy(target.scales.tiles[rows]))
         return target
     stored.copy_(values)

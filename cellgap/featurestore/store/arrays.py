@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import zarr
@@ -11,6 +12,29 @@ from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 from cellgap.featurestore.errors import StoreError
 from cellgap.featurestore.store.layout import ArraySpec
 from cellgap.featurestore.store.shardfile import ShardLayout
+
+if TYPE_CHECKING:
+    from zarr.core.metadata import ArrayV3Metadata
+
+
+def array_at(group: zarr.Group, path: str) -> zarr.Array:
+    """The array at `path` of a store's group: zarr types every member as `Array | Group`, the layout says which."""
+    return cast(zarr.Array, group[path])
+
+
+def group_at(group: zarr.Group, path: str) -> zarr.Group:
+    """The group at `path` of a store's group (see `array_at`)."""
+    return cast(zarr.Group, group[path])
+
+
+def read_all(group: zarr.Group, path: str) -> np.ndarray:
+    """Every value of the array at `path`, as numpy."""
+    return np.asarray(array_at(group, path)[:])
+
+
+def metadata_v3(array: zarr.Array) -> ArrayV3Metadata:
+    """An array's metadata: stores are zarr v3 (see `location.open_group`), whose metadata lists the codecs."""
+    return cast("ArrayV3Metadata", array.metadata)
 
 
 def compressors_for(codec: str) -> list | None:
@@ -86,7 +110,7 @@ def is_raw_chunked(array: zarr.Array) -> bool:
     """True for an unsharded array stored as raw little-endian chunks (no compressor): its chunk files are plain bytes."""
     from zarr.codecs import BytesCodec
 
-    codecs = array.metadata.codecs
+    codecs = metadata_v3(array).codecs
     return (len(codecs) == 1 and isinstance(codecs[0], BytesCodec) and array.shards is None
             and np.dtype(array.dtype).byteorder in ("=", "<", "|"))
 
@@ -95,7 +119,7 @@ def shard_layout(array: zarr.Array) -> ShardLayout | None:
     """The direct-I/O description of an array made by `create_array` with per-tile inner chunks, else None."""
     from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 
-    codecs = array.metadata.codecs
+    codecs = metadata_v3(array).codecs
     if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
         return None
     sharding = codecs[0]
@@ -113,5 +137,7 @@ def shard_layout(array: zarr.Array) -> ShardLayout | None:
         return None
     if np.dtype(array.dtype).byteorder not in ("=", "<", "|"):
         return None
-    return ShardLayout(shard_tiles=int(array.shards[0]), tile_shape=tuple(array.shape[1:]),
+    shards = array.shards
+    assert shards is not None  # zarr: a single sharding codec is what gives an array shards
+    return ShardLayout(shard_tiles=int(shards[0]), tile_shape=tuple(array.shape[1:]),
                        dtype=np.dtype(array.dtype), compression=compression)

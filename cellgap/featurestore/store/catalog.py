@@ -10,10 +10,9 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
 from cellgap.featurestore.errors import ManifestMismatchError, StoreError
 from cellgap.featurestore.store import layout
+from cellgap.featurestore.store.arrays import read_all
 from cellgap.featurestore.store.location import open_group
 from cellgap.featurestore.store.manifest import (
     Manifest,
@@ -58,7 +57,7 @@ def read_manifest(path: Path) -> Manifest:
 def is_complete(path: Path) -> bool:
     """Every tile of the store is done."""
     group = open_group(str(path), mode="r")
-    return bool(np.asarray(group[layout.DONE][:]).astype(bool).all())
+    return bool(read_all(group, layout.DONE).astype(bool).all())
 
 
 def scan_stores(stores_root: Path) -> list[tuple[Path, Manifest]]:

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from cellgap.featurestore.store import layout
+from cellgap.featurestore.store.arrays import array_at, metadata_v3
 from cellgap.featurestore.store.reader import FeatureStore
 
 
@@ -29,13 +30,13 @@ def _bytes(store: FeatureStore, path: str) -> int | None:
 
 def describe(store: FeatureStore) -> dict[str, Any]:
     """A JSON-ready description of the store."""
-    arrays = []
+    arrays: list[dict[str, Any]] = []
     for path in _array_paths(store):
-        array = store.group[path]
+        array = array_at(store.group, path)
         arrays.append({
             "path": path, "shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks),
             "shards": list(array.shards) if array.shards else None,
-            "codecs": [type(c).__name__ for c in array.metadata.codecs], "bytes": _bytes(store, path),
+            "codecs": [type(c).__name__ for c in metadata_v3(array).codecs], "bytes": _bytes(store, path),
         })
     done = int(store.done.sum())
     feature_bytes = sum(a["bytes"] or 0 for a in arrays if a["path"].startswith((layout.FEATURES, layout.VIEWS)))

@@ -11,6 +11,7 @@ from cellgap.featurestore.errors import StoreError, StoreNotFoundError
 
 def open_group(location: str, mode: Literal["r", "r+", "w"]) -> zarr.Group:
     """The store's root group. Local paths use zarr's LocalStore; URLs go through fsspec."""
+    store: zarr.storage.FsspecStore | zarr.storage.LocalStore
     try:
         if "://" in location and not location.startswith("file://"):
             store = zarr.storage.FsspecStore.from_url(location, read_only=(mode == "r"))

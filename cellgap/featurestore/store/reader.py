@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import zarr
@@ -16,7 +17,7 @@ import zarr
 from cellgap.featurestore.encoders.description import EncoderDescription, LayerInfo
 from cellgap.featurestore.errors import StoreError
 from cellgap.featurestore.store import layout
-from cellgap.featurestore.store.arrays import local_root, shard_layout
+from cellgap.featurestore.store.arrays import array_at, local_root, read_all, shard_layout
 from cellgap.featurestore.store.location import open_group
 from cellgap.featurestore.store.manifest import ASSUMED_MAGNIFICATION, Manifest, check_encoder, parse_manifest
 from cellgap.featurestore.store.quantize import dequantize_int8
@@ -51,13 +52,13 @@ def contiguous_runs(indices: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
 class TileArray:
     """Reads tiles of one array by index, choosing the memory-mapped path when the layout allows."""
 
-    def __init__(self, array: zarr.Array, root) -> None:
+    def __init__(self, array: zarr.Array, root: Path | None) -> None:
         self.array = array
         self.fast: ShardFileReader | None = None
         found = shard_layout(array) if root is not None else None
-        if found is not None:
+        if root is not None and found is not None:
             self.fast = ShardFileReader(
-                root / array.path, lambda s, a=array: a.metadata.encode_chunk_key((s,) + (0,) * (a.ndim - 1)),
+                root / array.path, lambda s: array.metadata.encode_chunk_key((s,) + (0,) * (array.ndim - 1)),
                 array.shape[0], found)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
@@ -65,7 +66,7 @@ class TileArray:
             return self.fast.read(indices)
         out = np.empty((len(indices),) + tuple(self.array.shape[1:]), np.dtype(self.array.dtype))
         for start, stop, positions in contiguous_runs(indices):
-            block = self.array[start:stop]
+            block = np.asarray(self.array[start:stop])
             out[positions] = block[np.asarray(indices)[positions] - start]
         return out
 
@@ -101,6 +102,7 @@ class FeatureStore:
             log.warning("%s: the store's magnification is unknown; assuming %dx for targets, post-processing and "
                         "F1_d (extract with --magnification 20|40 to say it)", self.location, ASSUMED_MAGNIFICATION)
             return dataset.magnification or ASSUMED_MAGNIFICATION
+        assert dataset.magnification is not None  # not assumed: the store says it
         return dataset.magnification
 
     @property
@@ -109,29 +111,29 @@ class FeatureStore:
 
     @cached_property
     def done(self) -> np.ndarray:
-        return np.asarray(self.group[layout.DONE][:]).astype(bool)
+        return read_all(self.group, layout.DONE).astype(bool)
 
     @cached_property
     def splits(self) -> np.ndarray:
         """Split name per tile ('' when the data set is unsplit)."""
-        codes = np.asarray(self.group[layout.SPLIT][:])
+        codes = read_all(self.group, layout.SPLIT)
         return np.array([layout.SPLIT_NAMES[int(c)] for c in codes], dtype=object)
 
     @cached_property
     def names(self) -> list[str]:
-        return [str(n) for n in self.group[layout.NAME][:]]
+        return [str(n) for n in read_all(self.group, layout.NAME)]
 
     @cached_property
     def tissues(self) -> list[str]:
-        return [str(t) for t in self.group[layout.TISSUE][:]]
+        return [str(t) for t in read_all(self.group, layout.TISSUE)]
 
     @cached_property
     def sources(self) -> list[str]:
-        return [str(s) for s in self.group[layout.SOURCE][:]]
+        return [str(s) for s in read_all(self.group, layout.SOURCE)]
 
     @cached_property
     def origins(self) -> np.ndarray:
-        return np.asarray(self.group[layout.ORIGIN][:])
+        return read_all(self.group, layout.ORIGIN)
 
     def indices(self, split: str | None = None) -> np.ndarray:
         """Completed tiles, optionally of one split ('train', 'valid', 'test', or '' for unsplit)."""
@@ -153,7 +155,7 @@ class FeatureStore:
     def _tile_array(self, path: str) -> TileArray:
         cache = self.__dict__.setdefault("_arrays", {})
         if path not in cache:
-            cache[path] = TileArray(self.group[path], self._root)
+            cache[path] = TileArray(array_at(self.group, path), self._root)
         return cache[path]
 
     def read_images(self, indices: np.ndarray) -> np.ndarray:

@@ -169,7 +169,7 @@ def write_aligned_durably(path: Path, memory: np.ndarray, nbytes: int) -> None:
     """Write the first `nbytes` of page-aligned memory (sized to a multiple of DIRECT_ALIGN) atomically and
     durably, bypassing the page cache where the file system allows it (tmpfs, for one, does not)."""
     if not hasattr(os, "O_DIRECT") or not _write_direct(path, memory, nbytes):
-        write_durably(path, [memoryview(memory)[:nbytes]])
+        write_durably(path, [memory.data[:nbytes]])
 
 
 def _write_direct(path: Path, memory: np.ndarray, nbytes: int) -> bool:
@@ -184,7 +184,7 @@ def _write_direct(path: Path, memory: np.ndarray, nbytes: int) -> bool:
                 raise
             return _refused(path, temporary)
         try:
-            view, padded, written = memoryview(memory), _round_up(nbytes, DIRECT_ALIGN), 0
+            view, padded, written = memory.data, _round_up(nbytes, DIRECT_ALIGN), 0
             while written < padded:
                 try:
                     written += os.write(descriptor, view[written : min(written + DIRECT_STEP, padded)])
@@ -231,7 +231,7 @@ def write_chunk_file(path: Path, chunk_shape: tuple[int, ...], dtype: np.dtype, 
     """Write one uncompressed regular chunk (raw little-endian bytes, padded to the full chunk) atomically."""
     full = np.zeros(chunk_shape, dtype)
     full[tuple(slice(0, n) for n in values.shape)] = values
-    write_durably(path, [memoryview(full).cast("B")])
+    write_durably(path, [full.data.cast("B")])
 
 
 def write_durably(path: Path, parts: list) -> None:
@@ -268,7 +268,8 @@ class ShardFileReader:
         if cached is not None:
             return cached
         path = self._dir / self._key(shard)
-        view = None
+        view: np.ndarray | None = None
+        entry: tuple[np.ndarray | None, np.ndarray, np.ndarray | None]
         if not path.exists():
             entry = (None, np.full((self.layout.shard_tiles, 2), EMPTY, np.uint64), None)
         else:

@@ -9,13 +9,21 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from cellgap.featurestore.errors import StoreError
 from cellgap.featurestore.store import layout
-from cellgap.featurestore.store.arrays import create_array, fsync_paths, local_root, shard_file, shard_layout
+from cellgap.featurestore.store.arrays import (
+    array_at,
+    create_array,
+    fsync_paths,
+    group_at,
+    local_root,
+    shard_file,
+    shard_layout,
+)
 from cellgap.featurestore.store.layout import ArraySpec
 from cellgap.featurestore.store.location import open_group
 from cellgap.featurestore.store.reader import TileArray
@@ -39,8 +47,9 @@ class Sidecar:
         self.path = sidecar_path(name, self.params)
         group = open_group(location, mode="r+")
         if self.path in group:
-            self.group = group[self.path]
-            if dict(self.group.attrs.get("params", {})) != json.loads(json.dumps(self.params, default=str)):
+            self.group = group_at(group, self.path)
+            stored = cast(Mapping[str, Any], self.group.attrs.get("params", {}))  # written as a JSON object below
+            if dict(stored) != json.loads(json.dumps(self.params, default=str)):
                 raise StoreError(f"{location}/{self.path}: parameters differ from the requested ones")
         else:
             self.group = group.create_group(self.path, attributes={"params": json.loads(json.dumps(self.params, default=str))})
@@ -51,7 +60,7 @@ class Sidecar:
         self._root = local_root(group)
         self._readers: dict[str, TileArray] = {}
         # looked up once: each lookup reads metadata through zarr's event loop thread
-        self._arrays = {name: self.group[name] for name in [*self.arrays, layout.DONE]}
+        self._arrays = {name: array_at(self.group, name) for name in [*self.arrays, layout.DONE]}
         self._layouts = {name: shard_layout(self._arrays[name]) for name in self.arrays}
 
     def done(self) -> np.ndarray:

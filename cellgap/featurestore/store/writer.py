@@ -23,10 +23,12 @@ from cellgap.featurestore.datasets.base import TileMeta
 from cellgap.featurestore.errors import StoreError
 from cellgap.featurestore.store import layout
 from cellgap.featurestore.store.arrays import (
+    array_at,
     create_array,
     fsync_paths,
     is_raw_chunked,
     local_root,
+    read_all,
     shard_file,
     shard_layout,
 )
@@ -115,7 +117,7 @@ class StoreWriter:
         self._hash_path = layout.pixel_hash_path(manifest.pixel_hash)
         for path in [*_sharded_paths(manifest), layout.DONE, self._hash_path]:
             try:
-                self._arrays[path] = group[path]
+                self._arrays[path] = array_at(group, path)
             except KeyError:  # e.g. no label arrays in an inference-only store, no scales without int8
                 continue
         self._layouts: dict[str, ShardLayout] = {}
@@ -129,7 +131,7 @@ class StoreWriter:
 
     def _array(self, path: str) -> zarr.Array:
         if path not in self._arrays:
-            self._arrays[path] = self.group[path]
+            self._arrays[path] = array_at(self.group, path)
         return self._arrays[path]
 
     @property
@@ -137,7 +139,7 @@ class StoreWriter:
         return layout.shard_count(self.n_tiles, self.shard_tiles)
 
     def done_mask(self) -> np.ndarray:
-        return np.asarray(self.group[layout.DONE][:]).astype(bool)
+        return read_all(self.group, layout.DONE).astype(bool)
 
     def pending_shards(self) -> list[int]:
         """Shards with any tile not done; they are (re)written whole."""
@@ -155,7 +157,8 @@ class StoreWriter:
         if self._root is None or values is None or not values.raw or (int8 and scales is None):
             return None
         n_tiles = len(layout.shard_range(shard, self.n_tiles, self.shard_tiles))
-        return FeatureShard(self._buffers.take(values, n_tiles), self._buffers.take(scales, n_tiles) if int8 else None)
+        scale_buffer = self._buffers.take(scales, n_tiles) if int8 and scales is not None else None
+        return FeatureShard(self._buffers.take(values, n_tiles), scale_buffer)
 
     def write_shard(self, data: ShardData, io: Executor | None = None) -> None:
         """Write, fsync and mark done one whole shard. `io` runs its array writes in parallel (a pool kept for
@@ -184,8 +187,8 @@ class StoreWriter:
                     continue
                 encoded = [encode_features(part, self.manifest.storage.dtype) for part in given]
                 values[layout.feature_path(layer.name, view)] = [stored for stored, _ in encoded]
-                if self.manifest.storage.dtype == "int8":
-                    values[layout.scale_path(layer.name, view)] = [scale for _, scale in encoded]
+                if self.manifest.storage.dtype == "int8":  # every int8 part has its scales
+                    values[layout.scale_path(layer.name, view)] = [scale for _, scale in encoded if scale is not None]
         # arrays in parallel: their writes and fsyncs wait on the disk, not on the CPU
         list(io.map(lambda item: self._write(item[0], data.shard, item[1]), values.items()))
         self._sync(list(values), data.shard, io)
@@ -225,7 +228,7 @@ class StoreWriter:
         """Record the pixel fingerprint once every tile is done; returns the (possibly updated) manifest."""
         if not self.done_mask().all() or self.manifest.pixels_sha256 is not None:
             return self.manifest
-        hashes = np.asarray(self.group[self._hash_path][:])
+        hashes = read_all(self.group, self._hash_path)
         self.manifest = self.manifest.model_copy(update={"pixels_sha256": pixel_fingerprint(hashes)})
         self.group.attrs[ATTRIBUTE] = self.manifest.model_dump(mode="json")
         return self.manifest
@@ -246,8 +249,8 @@ def _write_metadata(group: zarr.Group, metas: Sequence[TileMeta], shard_tiles: i
                          (layout.TISSUE, [m.tissue for m in metas])):
         array = group.create_array(path, shape=(n_tiles,), chunks=chunk, dtype=str)
         array[:] = np.array(values, dtype=object)
-    group[layout.SPLIT][:] = np.array([layout.SPLIT_CODES[m.split] for m in metas], np.uint8)
-    group[layout.ORIGIN][:] = np.array([m.origin for m in metas], np.int32).reshape(n_tiles, 2)
+    array_at(group, layout.SPLIT)[:] = np.array([layout.SPLIT_CODES[m.split] for m in metas], np.uint8)
+    array_at(group, layout.ORIGIN)[:] = np.array([m.origin for m in metas], np.int32).reshape(n_tiles, 2)
 
 
 def create_store(location: str, manifest: Manifest, metas: Sequence[TileMeta]) -> StoreWriter:
@@ -270,8 +273,8 @@ def create_store(location: str, manifest: Manifest, metas: Sequence[TileMeta]) -
 
 def open_or_create(location: str, manifest: Manifest, metas: Sequence[TileMeta]) -> tuple[StoreWriter, bool]:
     """Resume a compatible store or create a new one. Returns the writer and whether it already existed."""
-    exists, group = _existing_group(location)
-    if not exists:
+    group = _existing_group(location)
+    if group is None:
         return create_store(location, manifest, metas), False
     if CREATING in group.attrs or ATTRIBUTE not in group.attrs:
         if CREATING not in group.attrs:
@@ -285,19 +288,20 @@ def open_or_create(location: str, manifest: Manifest, metas: Sequence[TileMeta])
     return StoreWriter(open_group(location, mode="r+"), stored, location), True
 
 
-def _existing_group(location: str) -> tuple[bool, zarr.Group | None]:
+def _existing_group(location: str) -> zarr.Group | None:
+    """The group of a store already at `location`, or None where there is none yet."""
     if "://" not in location:
         path = Path(location)
         if not path.exists():
-            return False, None
+            return None
         if path.is_file() or (path.is_dir() and any(path.iterdir()) and not (path / "zarr.json").exists()):
             raise StoreError(f"{location}: exists and is not a cellgap store; choose another --store path")
         if not (path / "zarr.json").exists() or _only_an_empty_root(path):
-            return False, None
+            return None
     try:
-        return True, open_group(location, mode="r")
+        return open_group(location, mode="r")
     except FileNotFoundError:
-        return False, None
+        return None
 
 
 def _only_an_empty_root(path: Path) -> bool:
