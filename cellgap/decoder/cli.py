@@ -4,7 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cellgap.core.clitools import positive_int
+from cellgap.core.clitools import add_device_option, add_model_flags, model_overrides, positive_int
+
+# TrainConfig fields that are flags of `train` (the loss weights are set in the YAML config)
+TRAIN_FLAGS: tuple[str, ...] = (
+    "store", "out", "name", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "augment",
+    "decoder", "stain_jitter", "ema", "device", "seed", "val_every", "best_metric", "early_stopping", "postprocess",
+    "tune_postprocess", "train_split", "valid_split", "loader_threads")
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
@@ -17,26 +23,12 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("train", help="train a decoder straight from a feature store",
                                  description="Train a CISCA-style decoder on a store's train split, validating on "
                                              "its valid split. Settings come from --config YAML and/or flags.")
-    parser.add_argument("--config", type=Path, help="YAML file with the same fields as the flags")
-    parser.add_argument("--store", help="feature store (from `cellgap extract`)")
-    parser.add_argument("--out", type=Path, help="run directory")
-    parser.add_argument("--epochs", type=positive_int)
-    parser.add_argument("--batch-size", type=positive_int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--optimizer", choices=("adamw", "adam"))
-    parser.add_argument("--schedule", choices=("onecycle", "plateau"))
-    parser.add_argument("--augment", choices=("none", "d4", "views"))
-    parser.add_argument("--decoder", choices=("small", "base"), help="decoder widths (small: CPU-friendly)")
-    parser.add_argument("--stain-jitter", type=float, metavar="S",
-                        help="H&E stain jitter of the image skip: each stain's density scaled by 1 +- S, shifted by +- S/4")
-    parser.add_argument("--ema", type=float, metavar="DECAY",
-                        help="validate and save a moving average of the weights with this decay (0: off)")
-    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--val-every", type=positive_int, help="validate every N epochs")
-    parser.add_argument("--best-metric", choices=("auto", "pq", "mpq_plus", "f1_d", "aji", "dice1"))
+    from cellgap.decoder.training.config import TrainConfig
+
+    parser.add_argument("--config", type=Path, help="YAML file with the same fields as the flags (flags win)")
+    add_model_flags(parser, TrainConfig, TRAIN_FLAGS)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar: one log line per epoch")
     parser.set_defaults(handler=_train)
 
 
@@ -44,12 +36,8 @@ def _train(args: argparse.Namespace) -> int:
     from cellgap.decoder.training.config import load_train_config
     from cellgap.decoder.training.loop import train
 
-    overrides = {
-        "store": args.store, "out": args.out, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "optimizer": args.optimizer, "schedule": args.schedule, "augment": args.augment, "decoder": args.decoder,
-        "stain_jitter": args.stain_jitter, "ema": args.ema, "device": args.device, "seed": args.seed, "val_every": args.val_every, "best_metric": args.best_metric,
-        "resume": args.resume or None, "progress": False if args.no_progress else None,
-    }
+    overrides = {**model_overrides(args, TRAIN_FLAGS), "resume": args.resume or None,
+                 "progress": False if args.no_progress else None}
     config = load_train_config(args.config, overrides)
     result = train(config)
     best = "n/a" if result.best_value is None else f"{result.best_value:.4f}"
@@ -65,12 +53,13 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--store", help="predict from stored features (no encoder run)")
     source.add_argument("--images", type=Path, help="image file or folder; encoded on the fly, any size")
-    parser.add_argument("--split", default="test", help="split of --store to predict: train|valid|test|all (default test)")
+    parser.add_argument("--split", default="test", choices=("train", "valid", "test", "all"),
+                        help="split of --store to predict (default test)")
     parser.add_argument("--out", type=Path, required=True, help="prediction folder")
     parser.add_argument("--weights", type=Path, help="local encoder checkpoint when the run's weights are elsewhere")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument("--no-progress", action="store_true")
+    add_device_option(parser)
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="tiles per forward pass (default 8)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_predict)
 
 
@@ -96,11 +85,11 @@ def _register_bench(bench: argparse._SubParsersAction) -> None:
     parser = bench.add_parser("train", help="training from the store vs encoder on the fly vs tensors in memory")
     parser.add_argument("--encoders", default="imagenet/efficientnet_lite0,convnext_base",
                         help="comma-separated: a small and a base-sized encoder by default")
-    parser.add_argument("--tiles", type=positive_int, default=32)
-    parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument("--epochs", type=positive_int, default=2)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--tiles", type=positive_int, default=32, help="synthetic tiles to train on (default 32)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="tiles per step (default 8)")
+    parser.add_argument("--epochs", type=positive_int, default=2, help="timed epochs per path, after a warm-up (default 2)")
+    add_device_option(parser)
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the table as JSON")
     parser.set_defaults(handler=_bench_train)
 
 

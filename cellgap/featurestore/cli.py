@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from cellgap.core.clitools import at_least, parse_bool, positive_float, positive_int
+from cellgap.core.clitools import add_device_option, at_least, parse_bool, positive_float, positive_int
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
@@ -59,12 +59,13 @@ def _register_extract(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", required=True, help="FORMAT:PATH with FORMAT pannuke|conic|cytodark0|folder|synthetic")
     parser.add_argument("--store", required=True, help="output store (folder or fsspec URL)")
     add_encoder_options(parser)
-    parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="tiles per encoder forward pass (default 8)")
+    add_device_option(parser)
     parser.add_argument("--replicas", type=positive_int,
                         help="CPU only: encoder replicas sharing torch's threads, each on its own batches "
                              "(default: one single-threaded replica per thread)")
-    parser.add_argument("--dtype", choices=("float16", "float32", "int8"), default="float16")
+    parser.add_argument("--dtype", choices=("float16", "float32", "int8"), default="float16",
+                        help="stored feature precision (int8: per-channel scales; default float16)")
     parser.add_argument("--codec", choices=("none", "zstd", "blosc-lz4"), default="none",
                         help="feature compression (default none: see the README's measurements)")
     parser.add_argument("--shard-tiles", type=positive_int, default=32, help="tiles per shard file (default 32)")
@@ -133,8 +134,8 @@ def _register_bench(bench: argparse._SubParsersAction) -> None:
                         help="comma-separated encoders (a small and a base-sized one by default)")
     parser.add_argument("--tiles", type=positive_int, default=256,
                         help="synthetic tiles to extract (default 256: 8 shards, so the steady state dominates)")
-    parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="tiles per encoder forward pass (default 8)")
+    add_device_option(parser)
     parser.add_argument("--rounds", type=positive_int, default=5,
                         help="paired bare/extraction rounds per row, reported as medians (default 5: single "
                              "rounds on a shared machine vary by a few points)")

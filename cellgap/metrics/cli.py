@@ -18,13 +18,22 @@ def _iou_threshold(text: str) -> float:
     return value
 
 
+# what each FORMAT of --gt and --pred reads (every format of open_label_source; a test holds them equal)
+LABEL_FORMAT_HELP: dict[str, str] = {
+    "pannuke": "masks.npy and types.npy", "conic": "labels.npy", "cytodark0": "the data set's folder",
+    "folder": "labels/<name>.npy, .tif, .png or .mat", "synthetic": "the built-in sample, N[,seed=S]",
+    "store": "a feature store's labels, PATH[,split=NAME]",
+}
+
+
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     """Add `evaluate` to the top-level commands and `metrics` to the `bench` commands."""
     evaluate = commands.add_parser(
         "evaluate", help="score predictions against ground truth (PQ, AJI, F1, mPQ+, PanNuke mPQ/bPQ)",
         description="Score predicted instance (and class) maps against ground truth with the HoVer-Net, CoNIC "
-                    "and PanNuke definitions. FORMAT is pannuke (masks.npy, types.npy), conic (labels.npy) or "
-                    "folder (labels/<name>.npy or .mat). Images pair by name, else by position.")
+                    "and PanNuke definitions. FORMAT is one of: "
+                    + "; ".join(f"{name} ({what})" for name, what in LABEL_FORMAT_HELP.items())
+                    + ". Images pair by name, else by position.")
     evaluate.add_argument("--gt", required=True, metavar="FORMAT:PATH", help="ground truth")
     evaluate.add_argument("--pred", required=True, metavar="FORMAT:PATH", help="prediction")
     reach = evaluate.add_mutually_exclusive_group()

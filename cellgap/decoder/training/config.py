@@ -13,37 +13,44 @@ from cellgap.decoder.postprocess import PresetName
 
 
 class TrainConfig(BaseModel):
+    """Every setting of a training run; the `train` flags are made from these fields and their descriptions."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    store: str
-    out: Path
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(4, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    optimizer: Literal["adamw", "adam"] = "adamw"
-    schedule: Literal["onecycle", "plateau"] = "onecycle"
-    augment: Literal["none", "d4", "views"] = "d4"
+    store: str = Field(description="feature store to train from (from `cellgap extract`)")
+    out: Path = Field(description="run folder: checkpoints, metrics.jsonl, curves.png")
+    name: str | None = Field(None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._+-]+$", description=(
+        "the model's name in served answers and reports (default: encoder-dataset)"))
+    epochs: int = Field(20, ge=1, description="passes over the train split")
+    batch_size: int = Field(4, ge=1, description="tiles per optimiser step")
+    lr: float = Field(2e-3, gt=0, description="peak learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="decoupled weight decay (adamw) or L2 (adam)")
+    optimizer: Literal["adamw", "adam"] = Field("adamw", description="optimiser")
+    schedule: Literal["onecycle", "plateau"] = Field("onecycle", description=(
+        "learning-rate schedule: one cycle over all epochs, or halve on a valid plateau"))
+    augment: Literal["none", "d4", "views"] = Field("d4", description=(
+        "d4: flips and rotations of the stored features; views: the store's extracted views (--views at extract)"))
     stain_jitter: float = Field(0.0, ge=0, le=0.5, description=(
         "strength of the H&E stain jitter on the image skip (scale 1 +- s, shift +- s/4 per stain); 0 = off"))
     ema: float = Field(0.0, ge=0, lt=1, description=(
         "decay of the moving average of the weights that is validated and saved; 0 = off"))
-    device: str = "auto"
-    seed: int = 0
-    resume: bool = False
-    decoder: Literal["small", "base"] = "small"
-    val_every: int = Field(1, ge=1)
-    best_metric: Literal["auto", "pq", "mpq_plus", "f1_d", "aji", "dice1"] = "auto"
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    seed: int = Field(0, description="seed of the weights, the shuffling and the augmentation")
+    resume: bool = Field(False, description="continue an interrupted run in --out")
+    decoder: Literal["small", "base"] = Field("small", description="decoder widths (small: CPU-friendly)")
+    val_every: int = Field(1, ge=1, description="validate every N epochs")
+    best_metric: Literal["auto", "pq", "mpq_plus", "f1_d", "aji", "dice1"] = Field("auto", description=(
+        "valid metric that picks the saved best epoch (auto: mPQ+ with cell types, else PQ)"))
     early_stopping: int = Field(20, ge=0, description="epochs without improvement before stopping (plateau schedule)")
     postprocess: Literal["auto"] | PresetName = Field(
-        "auto", description="auto (from the data set) | pannuke | conic | cytodark0-20x | cytodark0-40x")
+        "auto", description="post-processing thresholds: auto (from the data set and its magnification) or a preset")
     tune_postprocess: bool = Field(True, description=(
         "choose the post-processing thresholds on the valid split after training (stored in the run)"))
     loss: LossWeights = LossWeights()
-    train_split: str = "train"
-    valid_split: str = "valid"
-    loader_threads: int = Field(2, ge=1)
-    progress: bool = True
+    train_split: str = Field("train", description="split of the store to train on")
+    valid_split: str = Field("valid", description="split of the store to validate on")
+    loader_threads: int = Field(2, ge=1, description="threads reading and decoding store batches")
+    progress: bool = Field(True, description="progress bar (off: one log line per epoch)")
 
 
 def load_train_config(yaml_path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
