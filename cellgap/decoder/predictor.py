@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,18 @@ def encoder_settings_for(manifest: Manifest, weights: Path | None = None) -> Enc
     return EncoderSettings(pretrained=True, **common)
 
 
+def model_name(checkpoint: Checkpoint) -> str:
+    """The run's `name` from its training config, else `encoder-dataset` (not the folder: runs are often `run`)."""
+    name = checkpoint.info.get("config", {}).get("name")
+    if name:
+        return str(name)
+    record = checkpoint.manifest.dataset
+    folder = PurePath(record.path.replace("\\", "/")).name if record.format != "synthetic" else ""
+    dataset = folder or record.format
+    encoder = checkpoint.manifest.encoder.name.replace("/", "_").replace(":", "_")
+    return f"{encoder}-{dataset}"
+
+
 class Predictor:
     """Decoder (+ encoder when images are given) with the run's post-processing."""
 
@@ -50,7 +62,7 @@ class Predictor:
                  encoder: FrozenEncoder | None = None) -> None:
         self.checkpoint, self.run_dir, self.device, self.encoder = checkpoint, run_dir, device, encoder
         digest = hashlib.sha256((run_dir / BEST).read_bytes()).hexdigest()[:10]
-        self.model_id = f"{run_dir.resolve().name}@{digest}"
+        self.model_id = f"{model_name(checkpoint)}@{digest}"
 
     @classmethod
     def from_run(cls, run_dir: Path, *, device: str = "auto", weights: Path | None = None,

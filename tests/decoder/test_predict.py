@@ -183,3 +183,25 @@ def test_cells_cut_by_window_borders_are_found_once():
         union = mask.sum() + (whole.labels == best).sum() - overlap.max()
         assert best != 0 and overlap.max() / union > 0.5 and best not in matched
         matched.add(best)
+
+
+def test_the_model_id_names_the_run_by_its_config_not_its_folder(trained_run):
+    import dataclasses
+
+    from cellgap.decoder.checkpoint import load_checkpoint
+    from cellgap.decoder.predictor import BEST, model_name
+
+    assert trained_run.name == "run"  # the folder name people give runs; it says nothing in /v1/models
+    assert Predictor.from_run(trained_run, with_encoder=False).model_id.startswith("convnext_atto-synthetic@")
+    checkpoint = load_checkpoint(trained_run / BEST)
+    named = dataclasses.replace(checkpoint, info={**checkpoint.info,
+                                                  "config": {**checkpoint.info["config"], "name": "consep-lite0"}})
+    assert model_name(named) == "consep-lite0"
+
+
+def test_a_run_name_that_cannot_be_an_id_is_refused(tmp_path, conv_store):
+    from cellgap.decoder.errors import DecoderError
+    from cellgap.decoder.training.config import load_train_config
+
+    with pytest.raises(DecoderError, match="'name'"):
+        load_train_config(None, {"store": str(conv_store), "out": tmp_path / "r", "name": "my run/1"})
