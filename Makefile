@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install contract clean
+.PHONY: demo test lint install contract clean
 
 # TORCH_INDEX=https://download.pytorch.org/whl/cpu installs the CPU-only torch first (about 1 GB
 # instead of 6 with the CUDA libraries that PyPI's default wheel pulls in).
@@ -24,8 +24,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cellgap demo --out demo-output
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+# ruff (pycodestyle, pyflakes, isort, bugbear, pyupgrade) over everything; mypy over the package (about 30 s)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 contract: $(STAMP)
 	$(BIN)/python ../shared/tools/contract_check.py

@@ -1,6 +1,6 @@
 """The app factory: settings in, a FastAPI app out; the model loads in the lifespan, nothing at import time.
 
-Run it with `cellgap serve --run RUN_DIR`, or `uvicorn --factory api.app:create_app` with the
+Run it with `cellgap serve --run RUN_DIR`, or `uvicorn --factory cellgap.api.app:create_app` with the
 settings in `CELLGAP_*` environment variables.
 """
 from __future__ import annotations
@@ -12,9 +12,10 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
-from cellgap.api.errors import ServiceUnavailableError, install_error_handlers
+from cellgap.api.errors import NoModelError, ServiceUnavailableError, install_error_handlers
 from cellgap.api.metrics import Metrics, MetricsMiddleware
 from cellgap.api.middleware import BodyLimitMiddleware
 from cellgap.api.routes import evaluate, health, metrics, models, predict
@@ -41,7 +42,10 @@ def create_app(settings: Settings | None = None, *, predictor_factory: Predictor
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             predictor = await run_in_threadpool(predictor_factory, settings)
-        except ServiceUnavailableError as error:  # no run configured: evaluate and health still work
+        except NoModelError as error:  # no run configured: evaluate and health work, predict answers 501
+            logger.warning("%s", error)
+            app.state.no_model = True
+        except ServiceUnavailableError as error:
             logger.warning("%s; /v1/predict and /v1/models answer 503", error)
             app.state.not_ready_reason = str(error)
         else:
@@ -56,8 +60,11 @@ def create_app(settings: Settings | None = None, *, predictor_factory: Predictor
             if service is not None:
                 await run_in_threadpool(service.close)
 
-    app = FastAPI(title="cellgap", version=cellgap_version(), description=DESCRIPTION, lifespan=lifespan)
+    # Swagger UI from packaged assets, not a CDN: /docs works on a network without internet
+    app = FastAPIOffline(docs_url="/docs" if settings.docs else None, redoc_url=None, static_url="/docs-assets",
+                         title="cellgap", version=cellgap_version(), description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
+    app.state.no_model = False
     app.state.metrics = registry
     app.state.service = None
     app.state.not_ready_reason = "the model is still loading"

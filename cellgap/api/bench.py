@@ -37,13 +37,15 @@ def free_port() -> int:
 
 @contextmanager
 def serve_in_subprocess(run_dir: Path | None, *, port: int | None = None, env: dict[str, str] | None = None,
-                        args: Sequence[str] = (), ready_timeout_s: float = 120.0) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`cellgap serve` on 127.0.0.1 in a child process; yields (base URL, process) once /readyz answers 200."""
+                        args: Sequence[str] = (), ready_timeout_s: float = 120.0,
+                        stdout: int = subprocess.DEVNULL) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`cellgap serve` on 127.0.0.1 in a child process; yields (base URL, process) once /readyz answers 200.
+    The access log goes to stdout (uvicorn's choice): pass `subprocess.PIPE` to read it."""
     port = port or free_port()
     command = [sys.executable, "-m", "cellgap.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     if run_dir is not None:
         command += ["--run", str(run_dir)]
-    process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=stdout,
                                stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

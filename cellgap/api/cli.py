@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cellgap.core.clitools import positive_int
+from cellgap.core.clitools import add_device_option, positive_int
 
 
 def _port(text: str) -> int:
@@ -22,7 +22,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                     "CELLGAP_* environment variables (see docs/api.md): CELLGAP_API_KEY, CELLGAP_MAX_BODY_BYTES, "
                     "CELLGAP_MAX_IMAGE_PIXELS, CELLGAP_BATCH_SIZE, CELLGAP_QUEUE_SIZE, ...")
     serve.add_argument("--run", type=Path, metavar="RUN_DIR",
-                       help="trained run folder (default: CELLGAP_RUN_DIR)")
+                       help="trained run folder (default: CELLGAP_RUN_DIR; neither: /v1/evaluate only)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
     serve.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     serve.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: CELLGAP_DEVICE, else auto)")
@@ -38,7 +38,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                     "p50/p95 for the same tile, and throughput with 1 and 8 concurrent clients against in-process "
                     "batch throughput.")
     api.add_argument("--run", type=Path, metavar="RUN_DIR", required=True, help="trained run folder")
-    api.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device_option(api)
     api.add_argument("--threads", type=positive_int, help="CPU threads of the model, in-process and in the server")
     api.add_argument("--requests", type=positive_int, default=40, help="timed requests per measurement (default 40)")
     api.add_argument("--clients", type=positive_int, default=8, help="concurrent clients of the throughput run (default 8)")
@@ -65,12 +65,13 @@ def run_serve(args: argparse.Namespace) -> int:
         settings = Settings(**overrides)
     except ValidationError as error:
         raise ApiError(f"invalid CELLGAP_* setting: {error.errors()[0]['loc']}: {error.errors()[0]['msg']}") from None
-    if settings.run_dir is None:
-        raise ApiError("no run to serve: pass --run RUN_DIR or set CELLGAP_RUN_DIR")
-    logging.getLogger("api").setLevel(settings.log_level.upper())
-    predictor = load_predictor(settings)  # before binding the port: a bad run is one line and exit 2
-    app = create_app(settings, predictor_factory=lambda _: predictor)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level, access_log=False,
+    logging.getLogger("cellgap").setLevel(settings.log_level.upper())
+    if settings.run_dir is None:  # evaluate only: the app says so at startup and answers predict with 501
+        app = create_app(settings)
+    else:
+        predictor = load_predictor(settings)  # before binding the port: a bad run is one line and exit 2
+        app = create_app(settings, predictor_factory=lambda _: predictor)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level, access_log=settings.access_log,
                 timeout_graceful_shutdown=10)
     return 0
 

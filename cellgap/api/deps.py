@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from cellgap.api.errors import ServiceUnavailableError, UnauthorizedError
+from cellgap.api.errors import NoModelError, ServiceUnavailableError, UnauthorizedError
 from cellgap.api.metrics import Metrics
-from cellgap.api.service import ModelService
+from cellgap.api.service import NO_MODEL, ModelService
 from cellgap.api.settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
@@ -26,9 +26,11 @@ def metrics_of(request: Request) -> Metrics:
 
 
 def ready_service(request: Request) -> ModelService:
-    """The loaded model, or 503 while none is loaded (no run configured, loading failed, shutting down)."""
+    """The loaded model; 501 when the server has no run, 503 while none is loaded (loading, shutting down)."""
     service: ModelService | None = request.app.state.service
     settings: Settings = request.app.state.settings
+    if request.app.state.no_model:
+        raise NoModelError(NO_MODEL)
     if service is None or not service.ready:
         reason = request.app.state.not_ready_reason or "the model is not loaded"
         raise ServiceUnavailableError(reason, code="not_ready", retry_after_s=settings.retry_after_s)

@@ -68,6 +68,12 @@ class ServiceUnavailableError(ApiError, RuntimeError):
         super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
 
 
+class NoModelError(ApiError, LookupError):
+    """This server was started without a run: a permanent condition, so 501 and no Retry-After."""
+
+    status, code = 501, "no_model"
+
+
 class FieldError(BaseModel):
     """One invalid request field."""
 
@@ -89,7 +95,7 @@ class ErrorBody(BaseModel):
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 406: "not_acceptable", 413: "too_large", 415: "unsupported_media_type",
-                 422: "invalid_input", 429: "too_many_requests", 503: "unavailable"}
+                 422: "invalid_input", 429: "too_many_requests", 501: "no_model", 503: "unavailable"}
 
 
 def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None,

@@ -75,9 +75,16 @@ class Health(BaseModel):
     status: str = Field(examples=["ok"])
 
 
+class StrictQuery(BaseModel):
+    """A route's query parameters: one it does not know (`formt=png`) is a 422, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class Readiness(BaseModel):
     status: str = Field(examples=["ready"])
-    model_id: str = Field(examples=["convnext_atto-3f2a9c"])
+    model_id: str | None = Field(examples=["convnext_atto-3f2a9c"],
+                                 description="null when the server was started without a run (evaluate only)")
 
 
 class LabelArrays(BaseModel):

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from cellgap.api.batcher import Announcement, BatcherClosedError, DynamicBatcher, QueueFullError
-from cellgap.api.errors import ServiceUnavailableError
+from cellgap.api.errors import NoModelError, ServiceUnavailableError
 from cellgap.api.metrics import Metrics
 from cellgap.api.settings import Settings
 from cellgap.core.tiling import tile_origins
@@ -45,12 +45,13 @@ class PredictorLike(Protocol):
 
 
 PredictorFactory = Callable[[Settings], PredictorLike]
+NO_MODEL = "this server was started without a run (CELLGAP_RUN_DIR or --run): it answers /v1/evaluate only"
 
 
 def load_predictor(settings: Settings) -> PredictorLike:
     """The run named by the settings (imports torch: call it at startup, never at import time)."""
     if settings.run_dir is None:
-        raise ServiceUnavailableError("no run to serve: set CELLGAP_RUN_DIR or pass --run", code="no_model")
+        raise NoModelError(NO_MODEL)
     import torch
 
     from cellgap.decoder.predictor import Predictor

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     predict_timeout_s: float = Field(300.0, gt=0.0, description="longest wait for one prediction (503 after)")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503 answers")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = Field(True, description="one log line per request (client, method, path, status)")
+    docs: bool = Field(True, description="serve the interactive documentation at /docs (packaged assets, no CDN)")
 
 
 @lru_cache(maxsize=1)

@@ -211,17 +211,41 @@ def test_full_queue_is_503_with_retry_after():
         assert client.post("/v1/predict", files=_file(tile)).status_code == 200
 
 
-def test_without_a_run_only_prediction_is_unavailable():
+def test_without_a_run_the_server_evaluates_and_says_for_good_that_it_does_not_predict():
     app = create_app(make_settings())  # default loader, no CELLGAP_RUN_DIR
     with TestClient(app) as client:
-        ready = client.get("/readyz")
-        assert ready.status_code == 503 and ready.json()["error"] == "not_ready"
-        assert "CELLGAP_RUN_DIR" in ready.json()["detail"] and ready.headers["retry-after"]
-        assert client.post("/v1/predict", files=_file(png_bytes(blob_tile()))).status_code == 503
-        assert client.get("/v1/models").status_code == 503
+        assert client.get("/readyz").json() == {"status": "ready", "model_id": None}  # ready for what it serves
+        for answer in (client.post("/v1/predict", files=_file(png_bytes(blob_tile()))), client.get("/v1/models"),
+                       client.post("/v1/predict/batch", files=[("files", ("a.png", png_bytes(blob_tile())))])):
+            assert answer.status_code == 501 and answer.json()["error"] == "no_model", answer.text
+            assert "CELLGAP_RUN_DIR" in answer.json()["detail"] and "retry-after" not in answer.headers
         assert client.get("/healthz").status_code == 200
         assert client.post("/v1/evaluate", json={"images": [{"gt": {"instances": [[1]]},
                                                             "pred": {"instances": [[1]]}}]}).status_code == 200
+
+
+def test_unknown_query_parameters_are_refused_by_name(client):
+    tile = png_bytes(blob_tile())
+    for path, files in (("/v1/predict?formt=png", _file(tile)),
+                        ("/v1/predict/batch?format=geojson", [("files", ("a.png", tile))])):
+        answer = client.post(path, files=files)
+        assert answer.status_code == 422, (path, answer.text)
+        assert any(error["loc"][:1] == ["query"] and error["loc"][-1] in ("formt", "format")
+                   for error in answer.json()["errors"]), answer.text
+    assert client.get("/v1/models?verbose=1").status_code == 422
+    assert client.post("/v1/evaluate?radious=3", json={"images": []}).status_code == 422
+    assert client.post("/v1/predict?format=png", files=_file(tile)).headers["content-type"] == "image/png"
+
+
+def test_docs_are_served_from_packaged_assets_or_turned_off():
+    with TestClient(create_app(make_settings())) as client:
+        page = client.get("/docs")
+        assert page.status_code == 200 and "cdn" not in page.text.lower()
+        scripts = [part.split('"')[1] for part in page.text.split("src=")[1:]]
+        assert scripts and all(client.get(url).status_code == 200 for url in scripts)
+    with TestClient(create_app(make_settings(docs=False))) as client:
+        assert client.get("/docs").status_code == 404
+        assert client.get("/openapi.json").status_code == 200  # the schema stays for clients
 
 
 def test_a_broken_run_fails_startup():

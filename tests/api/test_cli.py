@@ -22,15 +22,32 @@ def test_serve_and_bench_api_are_registered():
 
 
 def test_serve_reports_user_errors_in_one_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("CELLGAP_RUN_DIR", raising=False)
-    assert main(["serve"]) == 2
-    assert "no run to serve" in capsys.readouterr().err
     assert main(["serve", "--run", str(tmp_path / "missing")]) == 2
     error = capsys.readouterr().err
     assert error.startswith("cellgap: error:") and "missing" in error and error.count("\n") == 1
     monkeypatch.setenv("CELLGAP_BATCH_SIZE", "0")
     assert main(["serve", "--run", str(tmp_path)]) == 2
     assert "CELLGAP_" in capsys.readouterr().err
+
+
+def test_serve_without_a_run_evaluates_answers_predict_501_and_logs_every_request():
+    import httpx
+
+    from cellgap.api.bench import serve_in_subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "CELLGAP_RUN_DIR"}
+    with serve_in_subprocess(None, env=env, stdout=subprocess.PIPE) as (url, process):
+        with httpx.Client(base_url=url, timeout=60.0) as client:
+            assert client.get("/readyz").json()["model_id"] is None
+            assert client.get("/v1/models").status_code == 501
+            assert client.get("/nowhere").status_code == 404
+            scored = client.post("/v1/evaluate", json={"images": [{"gt": {"instances": [[1]]},
+                                                                  "pred": {"instances": [[1]]}}]})
+            assert scored.status_code == 200
+        process.terminate()
+        access, log = process.communicate(timeout=30)
+    assert "answers /v1/evaluate only" in log
+    assert '"GET /v1/models HTTP/1.1" 501' in access and '"GET /nowhere HTTP/1.1" 404' in access  # 4xx too
 
 
 @pytest.mark.slow

@@ -14,14 +14,14 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from cellgap.api.deps import SettingsDep, require_api_key
 from cellgap.api.errors import InvalidInputError, TooLargeError, UnsupportedMediaError
 from cellgap.api.routes.common import describe_upload, error_responses, read_upload, upload_name
-from cellgap.api.schemas import EvaluateArrays, LabelArrays
+from cellgap.api.schemas import EvaluateArrays, LabelArrays, StrictQuery
 from cellgap.api.settings import Settings
 from cellgap.api.uploads import Limits, decode_labels, labels_from_array
 from cellgap.featurestore.datasets.base import LabelledImage
@@ -158,6 +158,13 @@ def score(pairs: list[Pair], *, class_names: tuple[str, ...], n_classes: int | N
     return accumulator.reduce()
 
 
+class EvaluateQuery(StrictQuery):
+    magnification: Magnification | None = Field(None, description="sets the radius: 12 px at 40x, 6 px at 20x")
+    radius: float | None = Field(None, gt=0, le=10000, description="centroid pairing radius in pixels")
+    match_iou: float = Field(0.5, ge=0, lt=1, description="PQ pairs need IoU strictly above this")
+    classes: int | None = Field(None, ge=1, le=255, description="number of classes K")
+
+
 def _body_error(error: ValidationError) -> RequestValidationError:
     return RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_input=False)])
 
@@ -167,15 +174,13 @@ def _body_error(error: ValidationError) -> RequestValidationError:
 async def evaluate(
     request: Request,
     settings: SettingsDep,
-    magnification: Annotated[Magnification | None, Query(description="sets the radius: 12 px at 40x, 6 px at 20x")] = None,
-    radius: Annotated[float | None, Query(gt=0, le=10000, description="centroid pairing radius in pixels")] = None,
-    match_iou: Annotated[float, Query(ge=0, lt=1, description="PQ pairs need IoU strictly above this")] = 0.5,
-    classes: Annotated[int | None, Query(ge=1, le=255, description="number of classes K")] = None,
+    query: Annotated[EvaluateQuery, Query()],
 ) -> Any:
     """PQ, AJI, Dice, detection F1, CoNIC mPQ+/R², PanNuke mPQ/bPQ: the same names as `cellgap evaluate --json`.
 
     Send multipart `.npy` files (`gt`, `pred`; one per image) or a JSON body of arrays (small tiles).
     """
+    magnification, radius, match_iou, classes = query.magnification, query.radius, query.match_iou, query.classes
     if magnification is not None and radius is not None:
         raise InvalidInputError("give either magnification or radius, not both", code="conflicting_parameters")
     reach = radius if radius is not None else RADIUS_AT_MAGNIFICATION[int(magnification or 40)]

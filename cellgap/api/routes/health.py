@@ -1,9 +1,9 @@
 """GET /healthz (the process answers) and GET /readyz (a model is loaded and its worker runs)."""
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from cellgap.api.deps import ServiceDep
+from cellgap.api.deps import ready_service
 from cellgap.api.routes.common import error_responses
 from cellgap.api.schemas import Health, Readiness
 
@@ -17,6 +17,9 @@ def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness, responses=error_responses(503), summary="Readiness")
-def readyz(service: ServiceDep) -> Readiness:
-    """200 once the model is loaded and its worker runs; 503 (with the reason) before, or without a run."""
-    return Readiness(status="ready", model_id=service.model_id)
+def readyz(request: Request) -> Readiness:
+    """200 once the model is loaded and its worker runs, or at once for a server without a run (evaluate
+    only, `model_id` null); 503 with the reason while loading or shutting down."""
+    if request.app.state.no_model:
+        return Readiness(status="ready", model_id=None)
+    return Readiness(status="ready", model_id=ready_service(request).model_id)

@@ -10,13 +10,14 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from cellgap.api.deps import ServiceDep, SettingsDep, require_api_key
 from cellgap.api.errors import TooLargeError
 from cellgap.api.render import cells_response, geojson, overlay_png
 from cellgap.api.routes.common import describe_upload, error_responses, read_upload, upload_name
-from cellgap.api.schemas import BatchResponse, PredictResponse
+from cellgap.api.schemas import BatchResponse, PredictResponse, StrictQuery
 from cellgap.api.service import ModelService
 from cellgap.api.settings import Settings
 from cellgap.api.uploads import ACCEPTED, Limits, decode_image
@@ -32,6 +33,16 @@ class OutputFormat(StrEnum):
     png = "png"
 
 
+class PredictQuery(StrictQuery):
+    format: OutputFormat = Field(OutputFormat.json, description="json: cells; geojson: QuPath FeatureCollection; "
+                                                                "png: overlay image")
+    overlay: bool = Field(False, description="json only: add the overlay as a base64 PNG")
+
+
+class BatchQuery(StrictQuery):
+    overlay: bool = Field(False, description="add each overlay as a base64 PNG")
+
+
 _FILE_HELP = f"a tile or image: {ACCEPTED} (an (H,W,3) / (H,W) array for .npy); larger than a tile = sliding windows"
 _GEOJSON_EXAMPLE = {"type": "FeatureCollection", "features": [{
     "type": "Feature", "id": "0c5b8c7e-6b0a-5d57-9f0e-3d2f3b8f1a11",
@@ -42,7 +53,7 @@ _PREDICT_RESPONSES = {
     200: {"description": "cells (json), a QuPath FeatureCollection (geojson) or the overlay image (png)",
           "content": {"application/geo+json": {"schema": {"type": "object"}, "example": _GEOJSON_EXAMPLE},
                       "image/png": {"schema": {"type": "string", "format": "binary"}}}},
-    **error_responses(400, 401, 413, 415, 422, 503),
+    **error_responses(400, 401, 413, 415, 422, 501, 503),
 }
 
 
@@ -88,9 +99,7 @@ async def predict(
     service: ServiceDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description=_FILE_HELP)],
-    format: Annotated[OutputFormat, Query(description="json: cells; geojson: QuPath FeatureCollection; "
-                                                      "png: overlay image")] = OutputFormat.json,
-    overlay: Annotated[bool, Query(description="json only: add the overlay as a base64 PNG")] = False,
+    query: Annotated[PredictQuery, Query()],
 ) -> Response | PredictResponse:
     """Segment and classify the nuclei of one uploaded image.
 
@@ -100,23 +109,23 @@ async def predict(
     with service.announce() as announcement:
         image = await _decode(file, "file", service, settings)
         instances = await service.predict(image, announcement)
-    name = upload_name(file)
+    name, format = upload_name(file), query.format
     if format is OutputFormat.png:
         return Response(await run_in_threadpool(overlay_png, image, instances, service.class_names),
                         media_type="image/png")
     if format is OutputFormat.geojson:
         content = await run_in_threadpool(geojson, instances, service.class_names, name)
         return JSONResponse(content, media_type="application/geo+json")
-    return _json(await _cells(image, instances, name, service, overlay))
+    return _json(await _cells(image, instances, name, service, query.overlay))
 
 
-@router.post("/predict/batch", response_model=BatchResponse, responses=error_responses(400, 401, 413, 415, 422, 503),
+@router.post("/predict/batch", response_model=BatchResponse, responses=error_responses(400, 401, 413, 415, 422, 501, 503),
              summary="Nuclei of several tiles in one request")
 async def predict_batch(
     service: ServiceDep,
     settings: SettingsDep,
     files: Annotated[list[UploadFile], File(description=f"one or more tiles or images ({ACCEPTED})")],
-    overlay: Annotated[bool, Query(description="add each overlay as a base64 PNG")] = False,
+    query: Annotated[BatchQuery, Query()],
 ) -> Response:
     """Segment several images; their tiles share model batches. Results come back in upload order."""
     if len(files) > settings.max_files:
@@ -134,6 +143,6 @@ async def predict_batch(
     for outcome in predicted:
         if isinstance(outcome, BaseException):
             raise outcome
-    results = [await _cells(image, instances, upload_name(upload), service, overlay)  # type: ignore[arg-type]
+    results = [await _cells(image, instances, upload_name(upload), service, query.overlay)  # type: ignore[arg-type]
                for upload, image, instances in zip(files, images, predicted)]
     return _json(BatchResponse(model_id=service.model_id, results=results))
