@@ -1,13 +1,17 @@
 """`cellgap bench train`: what the store buys (encoder on the fly vs stored features) and what reading it costs.
 
-In one run, on the same tiles, batch size, epochs and decoder: (a) training from the store,
-(b) the frozen encoder run on every batch, (c) the decoder alone on tensors already in memory.
+In one run, on the same tiles, batch size, epochs and decoder: (a) training from the store exactly as
+`train` reads it (its loader, shuffled, D4-augmented, the same loader threads), (b) the frozen encoder
+run on every batch, (c) the decoder alone on tensors already in memory (one epoch of (a)'s batches,
+kept). Every path gets the same number of timed runs, in alternating order, reported as medians.
 Also post-processing time per tile against the decoder's forward time.
 """
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,11 +19,12 @@ import torch
 
 from cellgap.core.benchtools import report_rows
 from cellgap.decoder.inference import TileMaps, forward_probabilities, instances_of, postprocess_preset, split_tiles
-from cellgap.decoder.loader import StoreBatches
 from cellgap.decoder.losses import CiscaLoss, LossWeights
 from cellgap.decoder.networks import CellDecoder, DecoderConfig, network_spec, on_device
 from cellgap.decoder.targets import one_hot
 from cellgap.decoder.targets_cache import TargetCache, target_config_for
+from cellgap.decoder.training.config import TrainConfig
+from cellgap.decoder.training.loop import training_batches
 from cellgap.featurestore.encoders.encoder import EncoderSettings, FrozenEncoder, pick_device
 from cellgap.featurestore.encoders.registry import resolve_preset
 from cellgap.featurestore.extract.config import ExtractConfig
@@ -33,6 +38,7 @@ class TrainBenchRow:
     device: str
     tiles: int
     epochs: int
+    rounds: int
     store_s_per_epoch: float
     on_the_fly_s_per_epoch: float
     in_memory_s_per_epoch: float
@@ -59,17 +65,18 @@ def _step(model, optimiser, criterion, features, image, sm1, ddm, classes, weigh
     optimiser.step()
 
 
-def _timed_epochs(run_epoch, epochs: int, device: torch.device) -> float:
-    run_epoch(0)  # warm-up epoch (allocator, kernels, page cache)
+def _timed_epochs(run_epoch: Callable[[int], None], first: int, epochs: int, device: torch.device) -> float:
+    """Seconds per epoch over `epochs` epochs numbered from `first` (each epoch shuffles and augments anew)."""
     started = time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first, first + epochs):
         run_epoch(epoch)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - started) / epochs
 
 
-def bench_encoder(name: str, scratch: Path, n_tiles: int, batch_size: int, epochs: int, device_name: str) -> TrainBenchRow:
+def bench_encoder(name: str, scratch: Path, n_tiles: int, batch_size: int, epochs: int, device_name: str,
+                  rounds: int = 2) -> TrainBenchRow:
     device = pick_device(device_name)
     settings = EncoderSettings(name=name, pretrained=resolve_preset(name).package is not None)
     store_path = str(scratch / f"{name.replace('/', '_')}.zarr")
@@ -79,10 +86,9 @@ def bench_encoder(name: str, scratch: Path, n_tiles: int, batch_size: int, epoch
     indices = store.indices()
     targets = TargetCache(store, target_config_for(store))
     targets.ensure(indices, progress=False)
-    background = targets.config.regression_background_weight
-    batches = StoreBatches(store, [], indices, batch_size, targets=targets, device=device, background_weight=background)
     model, layer_names = _model(store, device)
-    batches.layer_names = layer_names
+    config = TrainConfig(store=store_path, out=scratch / "run", batch_size=batch_size, device=device_name)
+    batches = training_batches(store, layer_names, indices, targets, config, device)
     criterion = CiscaLoss(LossWeights(), with_classes=model.spec.n_classes > 0).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -106,16 +112,20 @@ def bench_encoder(name: str, scratch: Path, n_tiles: int, batch_size: int, epoch
             features = [maps[order.index(n)].clone() for n in layer_names]  # inference tensors cannot enter autograd
             _step(model, optimiser, criterion, features, batch.image, batch.sm1, batch.ddm, batch.classes, batch.weight)
 
-    timings = {}
-    for label, fn in (("store", from_store), ("fly", on_the_fly), ("memory", in_memory), ("store2", from_store),
-                      ("memory2", in_memory)):
-        timings[label] = _timed_epochs(fn, epochs, device)
-    store_s, memory_s = min(timings["store"], timings["store2"]), min(timings["memory"], timings["memory2"])
+    paths = {"store": from_store, "fly": on_the_fly, "memory": in_memory}
+    for run_epoch in paths.values():
+        run_epoch(0)  # one warm-up epoch each (allocator, kernels, page cache)
+    timings: dict[str, list[float]] = {label: [] for label in paths}
+    for round_ in range(rounds):
+        sequence = list(paths) if round_ % 2 == 0 else list(reversed(paths))
+        for label in sequence:
+            timings[label].append(_timed_epochs(paths[label], 1 + round_ * epochs, epochs, device))
+    store_s, fly_s, memory_s = (statistics.median(timings[label]) for label in ("store", "fly", "memory"))
     forward_ms, post_ms = _postprocess_ratio(model, resident, store, targets)
     return TrainBenchRow(
-        encoder=name, device=str(device), tiles=len(indices), epochs=epochs, store_s_per_epoch=store_s,
-        on_the_fly_s_per_epoch=timings["fly"], in_memory_s_per_epoch=memory_s,
-        on_the_fly_over_store=timings["fly"] / store_s, store_over_in_memory=store_s / memory_s,
+        encoder=name, device=str(device), tiles=len(indices), epochs=epochs, rounds=rounds, store_s_per_epoch=store_s,
+        on_the_fly_s_per_epoch=fly_s, in_memory_s_per_epoch=memory_s,
+        on_the_fly_over_store=fly_s / store_s, store_over_in_memory=store_s / memory_s,
         postprocess_ms_per_tile=post_ms, decoder_forward_ms_per_tile=forward_ms, postprocess_over_forward=post_ms / forward_ms)
 
 
@@ -163,12 +173,13 @@ def format_rows(rows: list[TrainBenchRow]) -> str:
 
 
 def run_train_bench(encoders: list[str], n_tiles: int = 32, batch_size: int = 8, epochs: int = 2, device: str = "auto",
-                    json_path: Path | None = None) -> list[TrainBenchRow]:
+                    json_path: Path | None = None, rounds: int = 2) -> list[TrainBenchRow]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="cellgap-bench-train-") as tmp:
-        print(f"threads: torch {torch.get_num_threads()}, tiles {n_tiles}, batch {batch_size}, epochs {epochs} (+1 warm-up)")
+        print(f"threads: torch {torch.get_num_threads()}, tiles {n_tiles}, batch {batch_size}, {rounds} rounds of "
+              f"{epochs} epochs per path (+1 warm-up each); medians; the store read as `train` reads it")
         for name in encoders:
-            rows.append(bench_encoder(name.strip(), Path(tmp), n_tiles, batch_size, epochs, device))
+            rows.append(bench_encoder(name.strip(), Path(tmp), n_tiles, batch_size, epochs, device, rounds))
             print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
     report_rows(rows, format_rows, json_path)
     return rows

@@ -87,7 +87,9 @@ def _register_bench(bench: argparse._SubParsersAction) -> None:
                         help="comma-separated: a small and a base-sized encoder by default")
     parser.add_argument("--tiles", type=positive_int, default=32, help="synthetic tiles to train on (default 32)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="tiles per step (default 8)")
-    parser.add_argument("--epochs", type=positive_int, default=2, help="timed epochs per path, after a warm-up (default 2)")
+    parser.add_argument("--epochs", type=positive_int, default=2, help="timed epochs per path and round (default 2)")
+    parser.add_argument("--rounds", type=positive_int, default=2,
+                        help="timed runs of every path, in alternating order, reported as medians (default 2)")
     add_device_option(parser)
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the table as JSON")
     parser.set_defaults(handler=_bench_train)
@@ -97,5 +99,5 @@ def _bench_train(args: argparse.Namespace) -> int:
     from cellgap.decoder.bench import run_train_bench
 
     run_train_bench(args.encoders.split(","), n_tiles=args.tiles, batch_size=args.batch_size, epochs=args.epochs,
-                    device=args.device, json_path=args.json)
+                    device=args.device, json_path=args.json, rounds=args.rounds)
     return 0

@@ -4,6 +4,7 @@ All numbers of one table come from one run on the same tiles, batch size and thr
 """
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import shutil
@@ -11,7 +12,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,9 @@ class ExtractBenchRow:
     read_tiles_per_s: float
     memmap_tiles_per_s: float
     read_over_memmap: float
+    cold_read_tiles_per_s: float  # first pass after the files left the page cache (posix_fadvise DONTNEED)
+    cold_memmap_tiles_per_s: float
+    cold_read_over_memmap: float
     disk_write_mb_per_s: float
     disk_cap_tiles_per_s: float
 
@@ -121,33 +125,80 @@ def extraction_rate(dataset, encoder: FrozenEncoder, store_path: str, batch_size
     return rate
 
 
-def read_rates(store_path: str, scratch: Path, batch_size: int, rounds: int = 3, seed: int = 0) -> tuple[float, float]:
+@dataclass(frozen=True)
+class ReadRates:
+    """Random-batch read tiles/s, the store against a numpy memmap: warm (in the page cache) and cold."""
+
+    store: float
+    memmap: float
+    cold_store: float
+    cold_memmap: float
+
+
+def evict_from_page_cache(paths: Sequence[Path]) -> None:
+    """Drop the files' pages from the page cache (flushed first: only clean pages can go), so the next read
+    comes from the disk as a first epoch over a store larger than memory does."""
+    for path in paths:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(descriptor)
+
+
+def _files_under(root: Path) -> list[Path]:
+    return [path for path in root.rglob("*") if path.is_file()]
+
+
+def read_rates(store_path: str, scratch: Path, batch_size: int, rounds: int = 3, seed: int = 0) -> ReadRates:
     """Random-batch read tiles/s of every layer: the store's read API vs a numpy memmap of the same stored values
-    (int8 codes are dequantised on the training device, so both sides read codes and scales alike)."""
+    (int8 codes are dequantised on the training device, so both sides read codes and scales alike). Warm rates
+    read after two batches have filled the page cache; cold rates read one pass after the files were evicted,
+    each side through a freshly opened store or memmap."""
     store = open_store(store_path)
     n = store.n_tiles
-    memmaps = {}
-    for name in store.manifest.layer_names:
+    layer_names = store.manifest.layer_names
+    memmap_paths: dict[str, Path] = {}
+    for name in layer_names:
         values, scales = store.read_stored_features(np.arange(n), name)
         for suffix, array in (("", values), ("_scale", scales)):
             if array is not None:
-                path = scratch / f"{name.replace('/', '_')}{suffix}.npy"
-                np.save(path, array)
-                memmaps[name + suffix] = np.load(path, mmap_mode="r")
+                memmap_paths[name + suffix] = scratch / f"{name.replace('/', '_')}{suffix}.npy"
+                np.save(memmap_paths[name + suffix], array)
+    del store
     rng = np.random.default_rng(seed)
     orders = [np.sort(rng.choice(n, size=min(batch_size, n), replace=False)) for _ in range(rounds * max(1, n // batch_size))]
 
-    def timed(read) -> float:
-        for order in orders[:2]:  # warm the page cache
-            read(order)
-        started = time.perf_counter()
-        for order in orders:
-            read(order)
-        return sum(len(o) for o in orders) / (time.perf_counter() - started)
+    def store_reader() -> Callable[[np.ndarray], object]:
+        fresh = open_store(store_path)
+        return lambda idx: [fresh.read_stored_features(idx, name) for name in layer_names]
 
-    store_rate = timed(lambda idx: [store.read_stored_features(idx, name) for name in store.manifest.layer_names])
-    memmap_rate = timed(lambda idx: [np.ascontiguousarray(mm[idx]) for mm in memmaps.values()])
-    return store_rate, memmap_rate
+    def memmap_reader() -> Callable[[np.ndarray], object]:
+        maps = [np.load(path, mmap_mode="r") for path in memmap_paths.values()]
+        return lambda idx: [np.ascontiguousarray(mm[idx]) for mm in maps]
+
+    def timed(read: Callable[[np.ndarray], object], passes: Sequence[np.ndarray]) -> float:
+        started = time.perf_counter()
+        for order in passes:
+            read(order)
+        return sum(len(o) for o in passes) / (time.perf_counter() - started)
+
+    def warm(make: Callable[[], Callable[[np.ndarray], object]]) -> float:
+        read = make()
+        for order in orders[:2]:
+            read(order)
+        return timed(read, orders)
+
+    def cold(make: Callable[[], Callable[[np.ndarray], object]], files: list[Path]) -> float:
+        gc.collect()  # earlier readers' memory maps closed: pages still mapped would stay cached
+        evict_from_page_cache(files)
+        first_pass = orders[: max(1, n // batch_size)]  # each tile about once: a first epoch
+        return timed(make(), first_pass)
+
+    store_files = _files_under(Path(store_path))
+    return ReadRates(store=warm(store_reader), memmap=warm(memmap_reader),
+                     cold_store=cold(store_reader, store_files), cold_memmap=cold(memmap_reader, list(memmap_paths.values())))
 
 
 def feature_bytes(store_path: str) -> float:
@@ -186,7 +237,7 @@ def bench_one(name: str, sample: str, images: np.ndarray, batch_size: int, devic
         intra_rates.append(measured["intra"])
         ratios.append(measured["extract"] / measured["encode"])
         intra_ratios.append(measured["extract"] / measured["intra"])
-    read_rate, memmap_rate = read_rates(store_path, scratch, batch_size)
+    reads = read_rates(store_path, scratch, batch_size)
     disk_mb = disk_write_rate(scratch)
     raw = sum(layer.channels * layer.height * layer.width * 4 for layer in encoder.description.layers)
     return ExtractBenchRow(
@@ -197,8 +248,10 @@ def bench_one(name: str, sample: str, images: np.ndarray, batch_size: int, devic
         intra_op_encoder_tiles_per_s=statistics.median(intra_rates),
         extract_over_intra_op=statistics.median(intra_ratios),
         feature_bytes_per_tile=feature_bytes(store_path),
-        raw_float32_bytes_per_tile=raw, read_tiles_per_s=read_rate, memmap_tiles_per_s=memmap_rate,
-        read_over_memmap=read_rate / memmap_rate, disk_write_mb_per_s=disk_mb,
+        raw_float32_bytes_per_tile=raw, read_tiles_per_s=reads.store, memmap_tiles_per_s=reads.memmap,
+        read_over_memmap=reads.store / reads.memmap, cold_read_tiles_per_s=reads.cold_store,
+        cold_memmap_tiles_per_s=reads.cold_memmap, cold_read_over_memmap=reads.cold_store / reads.cold_memmap,
+        disk_write_mb_per_s=disk_mb,
         disk_cap_tiles_per_s=disk_mb * 1e6 / ((directory_bytes(store_path) or 1) / len(images)),
     )
 
@@ -206,7 +259,8 @@ def bench_one(name: str, sample: str, images: np.ndarray, batch_size: int, devic
 def format_rows(rows: Sequence[ExtractBenchRow]) -> str:
     header = (f"{'encoder':<28} {'dtype':<7} {'codec':<9} {'enc t/s':>8} {'extr t/s':>8} {'extr/enc':>8} "
               f"{'1x t/s':>7} {'extr/1x':>7} "
-              f"{'KiB/tile':>9} {'vs f32':>7} {'read t/s':>9} {'mmap t/s':>9} {'read/mmap':>9} {'disk cap':>8}")
+              f"{'KiB/tile':>9} {'vs f32':>7} {'read t/s':>9} {'mmap t/s':>9} {'read/mmap':>9} "
+              f"{'cold read':>9} {'cold mmap':>9} {'cold r/m':>8} {'disk cap':>8}")
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
@@ -214,7 +268,8 @@ def format_rows(rows: Sequence[ExtractBenchRow]) -> str:
             f"{r.extract_tiles_per_s:8.2f} {r.extract_over_encoder:8.2f} {r.intra_op_encoder_tiles_per_s:7.2f} "
             f"{r.extract_over_intra_op:7.2f} {r.feature_bytes_per_tile / 1024:9.0f} "
             f"{r.feature_bytes_per_tile / r.raw_float32_bytes_per_tile:7.2f} {r.read_tiles_per_s:9.0f} "
-            f"{r.memmap_tiles_per_s:9.0f} {r.read_over_memmap:9.2f} {r.disk_cap_tiles_per_s:8.0f}")
+            f"{r.memmap_tiles_per_s:9.0f} {r.read_over_memmap:9.2f} {r.cold_read_tiles_per_s:9.0f} "
+            f"{r.cold_memmap_tiles_per_s:9.0f} {r.cold_read_over_memmap:8.2f} {r.disk_cap_tiles_per_s:8.0f}")
     return "\n".join(lines)
 
 

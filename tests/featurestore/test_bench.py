@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
+import numpy as np
+import pytest
 import torch
 
-from cellgap.featurestore.bench import run_extract_bench
+from cellgap.featurestore.bench import evict_from_page_cache, run_extract_bench
 
 
 def test_extract_bench_row_describes_the_store_it_wrote(tmp_path, capsys):
@@ -21,7 +25,24 @@ def test_extract_bench_row_describes_the_store_it_wrote(tmp_path, capsys):
     for row in rows:
         assert row.encoder_tiles_per_s > 0 and row.extract_tiles_per_s > 0 and row.read_tiles_per_s > 0
         assert row.extract_over_encoder > 0 and row.read_over_memmap > 0
+        assert row.cold_read_tiles_per_s > 0 and row.cold_read_over_memmap > 0
         assert row.replicas == torch.get_num_threads()
         assert row.intra_op_encoder_tiles_per_s > 0 and row.extract_over_intra_op > 0
     assert [r["dtype"] for r in json.loads(out.read_text())] == ["float16", "int8"]
     assert "extr/enc" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="util-linux fincore is not installed")
+def test_evicted_files_leave_the_page_cache(tmp_path):
+    path = tmp_path / "features.bin"
+    np.random.default_rng(0).integers(0, 255, 4 << 20, dtype=np.uint8).tofile(path)
+    path.read_bytes()  # now cached
+
+    def resident_pages() -> int:
+        out = subprocess.run(["fincore", "--noheadings", "--raw", "--output", "PAGES", str(path)], capture_output=True,
+                             text=True, check=True).stdout
+        return int(out.split()[0])
+
+    assert resident_pages() > 0
+    evict_from_page_cache([path])
+    assert resident_pages() == 0

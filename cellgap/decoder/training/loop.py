@@ -141,6 +141,15 @@ def _tune_kept_model(config: TrainConfig, store: FeatureStore, valid_idx: np.nda
     (config.out / "postprocess.json").write_text(json.dumps(record, indent=2))
 
 
+def training_batches(store: FeatureStore, layer_names: list[str], indices: np.ndarray, targets: TargetCache,
+                     config: TrainConfig, device: torch.device) -> StoreBatches:
+    """The training epochs' batches: shuffled, augmented and read as `train` reads them (`bench train` too)."""
+    return StoreBatches(store, layer_names, indices, config.batch_size, targets=targets, shuffle=True,
+                        augment=config.augment, seed=config.seed, device=device,
+                        background_weight=targets.config.regression_background_weight,
+                        threads=config.loader_threads, stain_jitter=config.stain_jitter)
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train a decoder on the store's train split, validating on its valid split."""
     _prepare_run_dir(config)
@@ -159,10 +168,7 @@ def train(config: TrainConfig) -> TrainResult:
     layer_names = [plan.name for plan in spec.layers]
     targets = TargetCache(store, target_config_for(store))
     targets.ensure(train_idx, progress=config.progress)  # validation scores against the labels themselves
-    background = targets.config.regression_background_weight
-    train_batches = StoreBatches(store, layer_names, train_idx, config.batch_size, targets=targets, shuffle=True,
-                                 augment=config.augment, seed=config.seed, device=device, background_weight=background,
-                                 threads=config.loader_threads, stain_jitter=config.stain_jitter)
+    train_batches = training_batches(store, layer_names, train_idx, targets, config, device)
     valid_batches = StoreBatches(store, layer_names, valid_idx, config.batch_size, device=device,
                                  threads=config.loader_threads)
     criterion = CiscaLoss(config.loss, with_classes=spec.n_classes > 0).to(device)
