@@ -180,6 +180,6 @@ def run_train_bench(encoders: list[str], n_tiles: int = 32, batch_size: int = 8,
               f"{epochs} epochs per path (+1 warm-up each); medians; the store read as `train` reads it")
         for name in encoders:
             rows.append(bench_encoder(name.strip(), Path(tmp), n_tiles, batch_size, epochs, device, rounds))
-            print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+            print(format_rows(rows[-1:]).splitlines()[2], flush=True)  # the row, under the header and its rule
     report_rows(rows, format_rows, json_path)
     return rows

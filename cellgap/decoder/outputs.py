@@ -5,11 +5,11 @@ detection matching uses them); bounding boxes and polygons are in pixel-edge uni
 the square [c, c+1] x [r, r+1], QuPath's convention), so a bbox max is exclusive and a one-pixel
 cell's polygon is the unit square.
 
-Polygons trace the pixel edges of each cell's outer boundary and keep only the corners (collinear
-vertices dropped). Nothing is approximated: the polygon's area equals the pixel area of a solid,
-4-connected cell, and cells that touch share edges instead of crossing. Two caveats: holes are
-filled (the outer contour only), and an instance in several 4-connected pieces is outlined by its
-largest piece (its `area` still counts every pixel).
+Polygons trace the pixel edges of each cell and keep only the corners (collinear vertices dropped).
+Nothing is approximated, and cells that touch share edges instead of crossing. In GeoJSON a cell is
+its whole shape: a Polygon with its holes as interior rings, or a MultiPolygon when it lies in
+several 4-connected pieces, so the geometry's area is the cell's pixel count. `Cell.polygon`
+(the CSV-free JSON answers) is the outer ring of the largest piece, holes filled.
 """
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ class Cell:
     """One predicted nucleus, as listed in the CSV/API and drawn in GeoJSON.
 
     centroid (x, y): mean column/row of its pixels. bbox (x_min, y_min, x_max, y_max) and polygon
-    (closed ring of [x, y], first vertex repeated last, positive shoelace area) in pixel-edge units.
+    (closed ring of [x, y], first vertex repeated last, positive shoelace area) in pixel-edge units;
+    `shapes` is the whole cell (every piece with its holes, see `shapes()`), `polygon` its first ring.
     """
 
     id: int
@@ -63,7 +64,12 @@ class Cell:
     centroid: tuple[float, float]
     bbox: tuple[int, int, int, int]
     area: int
-    polygon: list[list[float]]
+    shapes: list[list[list[list[float]]]]
+
+    @property
+    def polygon(self) -> list[list[float]]:
+        """The outer ring of the largest piece, holes filled."""
+        return self.shapes[0][0]
 
 
 def class_color(class_id: int) -> RGB:
@@ -120,7 +126,7 @@ def cells_of(instances: Instances, class_names: tuple[str, ...]) -> list[Cell]:
             centroid=(float(centre_x[cell_id]), float(centre_y[cell_id])),
             bbox=(x0, y0, box[1].stop, box[0].stop),
             area=int(area[cell_id]),
-            polygon=outline(labels[box] == cell_id, origin=(x0, y0)),
+            shapes=shapes(labels[box] == cell_id, origin=(x0, y0)),
         ))
     return cells
 
@@ -133,18 +139,53 @@ def outline(mask: np.ndarray, origin: tuple[int, int] = (0, 0)) -> list[list[flo
     at the top-left corner, keeps only the corners, and has a positive shoelace area in (x, y),
     the order RFC 7946 asks of exterior rings. Empty mask: empty list.
     """
-    height, width = mask.shape[0] + 2, mask.shape[1] + 2
-    grid = np.zeros((height, width), dtype=bool)
-    grid[1:-1, 1:-1] = mask
-    pieces, n = ndi.label(grid, structure=_FOUR)
+    pieces, n = ndi.label(_padded(mask), structure=_FOUR)
     if n == 0:
         return []
-    if n > 1:
-        sizes = np.bincount(pieces.ravel())
-        sizes[0] = 0
-        grid = pieces == sizes.argmax()
+    grid = pieces == _largest_first(pieces, n)[0]
+    return _ring(_filled(grid), origin)
+
+
+def shapes(mask: np.ndarray, origin: tuple[int, int] = (0, 0)) -> list[list[list[list[float]]]]:
+    """Every 4-connected piece of a mask as a polygon, largest first: [exterior ring, hole rings...].
+
+    Exterior rings have a positive shoelace area, holes a negative one (RFC 7946's orders); the
+    areas add up to the mask's pixel count. A piece lying in another's hole is a polygon of its own.
+    """
+    pieces, n = ndi.label(_padded(mask), structure=_FOUR)
+    polygons = []
+    for piece in _largest_first(pieces, n):
+        grid = pieces == piece
+        filled = _filled(grid)
+        rings = [_ring(filled, origin)]
+        holes, n_holes = ndi.label(filled & ~grid, structure=_FOUR)
+        for hole in range(1, n_holes + 1):
+            rings.append(_ring(_filled(holes == hole), origin)[::-1])
+        polygons.append(rings)
+    return polygons
+
+
+def _padded(mask: np.ndarray) -> np.ndarray:
+    """The mask inside a one-pixel empty border: rings never touch the array's edge."""
+    grid = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), dtype=bool)
+    grid[1:-1, 1:-1] = mask
+    return grid
+
+
+def _largest_first(pieces: np.ndarray, n: int) -> list[int]:
+    sizes = np.bincount(pieces.ravel(), minlength=n + 1)
+    return [int(k) + 1 for k in np.argsort(-sizes[1:], kind="stable")]
+
+
+def _filled(grid: np.ndarray) -> np.ndarray:
+    """The grid with every background region the border does not reach (4-connected) filled in."""
     background = ndi.label(~grid, structure=_FOUR)[0]
-    grid = background != background[0, 0]  # fill holes: keep out only what the padding border reaches
+    return background != background[0, 0]
+
+
+def _ring(grid: np.ndarray, origin: tuple[int, int]) -> list[list[float]]:
+    """The closed corner ring around one filled, 4-connected piece of a padded grid."""
+    height, width = grid.shape
     stride = width + 1  # vertices (x, y), x in 0..width, y in 0..height, have key y * stride + x
     # Directed unit edges with the cell on the right when walking in image coordinates (y down).
     rows, cols = np.nonzero(grid[:, 1:] != grid[:, :-1])  # vertical edge at x = col + 1, y row..row+1
@@ -201,7 +242,8 @@ def to_geojson(cells: list[Cell], *, image_name: str = "",
         features.append({
             "type": "Feature",
             "id": str(uuid.uuid5(_UUID_NAMESPACE, f"{image_name}#{cell.id}")),
-            "geometry": {"type": "Polygon", "coordinates": [cell.polygon]},
+            "geometry": ({"type": "Polygon", "coordinates": cell.shapes[0]} if len(cell.shapes) == 1
+                         else {"type": "MultiPolygon", "coordinates": cell.shapes}),
             "properties": {
                 "objectType": "detection",
                 "classification": {"name": cell.class_name, "color": [int(c) for c in color]},
@@ -266,8 +308,9 @@ def write_prediction(out_dir: Path, name: str, image: np.ndarray | None, instanc
     """Write one image's prediction; returns {"labels", "geojson", "cells"[, "overlay"]} -> path.
 
     labels/<name>.npy (H,W,2) int32 (instance id, class id per pixel) is the `folder` layout that
-    `cellgap evaluate --pred folder:OUT_DIR` reads; the overlay PNG (only with an image) has the
-    legend below the tile, so its top H rows align with the image. Files are replaced atomically.
+    `cellgap evaluate --pred folder:OUT_DIR` reads; the overlay PNG (only with an image) is the
+    image's size, pixel for pixel (the colours' legend is overlays/legend.png, written by
+    `write_class_names`). Files are replaced atomically.
     """
     _check_name(name)
     labels = _check_instances(instances)
@@ -284,20 +327,24 @@ def write_prediction(out_dir: Path, name: str, image: np.ndarray | None, instanc
     if image is not None:
         from PIL import Image
 
-        drawn = overlay(image, instances, class_names)
-        legend = legend_image(class_names, class_counts(instances, class_names), width=drawn.shape[1])
         buffer = io.BytesIO()
-        Image.fromarray(np.concatenate([drawn, legend], axis=0)).save(buffer, format="PNG", compress_level=3)
+        Image.fromarray(overlay(image, instances, class_names)).save(buffer, format="PNG", compress_level=3)
         paths["overlay"] = out_dir / "overlays" / f"{name}.png"
         _write(paths["overlay"], buffer.getvalue())
     return paths
 
 
 def write_class_names(out_dir: Path, class_names: tuple[str, ...]) -> Path:
-    """out_dir/classes.json {"1": name, ...}, read back by the folder label reader ("cell" when untyped)."""
+    """out_dir/classes.json {"1": name, ...}, read back by the folder label reader ("cell" when untyped),
+    and overlays/legend.png, the class colours of every overlay in the folder."""
+    from PIL import Image
+
     names = tuple(class_names) or (UNTYPED_NAME,)
     path = Path(out_dir) / "classes.json"
     _write(path, (json.dumps({str(k): n for k, n in enumerate(names, start=1)}, indent=1) + "\n").encode())
+    buffer = io.BytesIO()
+    Image.fromarray(legend_image(class_names, width=320)).save(buffer, format="PNG")
+    _write(Path(out_dir) / "overlays" / "legend.png", buffer.getvalue())
     return path
 
 

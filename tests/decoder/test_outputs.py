@@ -21,6 +21,7 @@ from cellgap.decoder.outputs import (
     class_counts,
     legend_image,
     outline,
+    shapes,
     overlay,
     polygon_area,
     to_geojson,
@@ -115,6 +116,39 @@ def test_hole_is_filled_and_only_the_largest_piece_is_outlined():
     assert cell.area == 25  # every pixel of the instance
     assert cell.bbox == (1, 1, 8, 8)
     assert cell.polygon == [[1, 1], [6, 1], [6, 6], [1, 6], [1, 1]]
+
+
+def test_geojson_keeps_holes_as_interior_rings_and_pieces_as_a_multipolygon():
+    labels = np.zeros((9, 9), np.int32)
+    labels[1:6, 1:6] = 1
+    labels[3, 3] = 0  # a hole
+    labels[7, 7] = 1  # a second piece
+    (feature,) = to_geojson(cells_of(instances_of(labels), ()))["features"]
+    assert feature["geometry"]["type"] == "MultiPolygon"
+    body, stray = feature["geometry"]["coordinates"]
+    assert body == [[[1, 1], [6, 1], [6, 6], [1, 6], [1, 1]], [[3, 3], [3, 4], [4, 4], [4, 3], [3, 3]]]
+    assert [polygon_area(ring) for ring in body] == [25.0, -1.0]  # RFC 7946: holes clockwise
+    assert stray == [[[7, 7], [8, 7], [8, 8], [7, 8], [7, 7]]]
+    labels[7, 7] = 0
+    (feature,) = to_geojson(cells_of(instances_of(labels), ()))["features"]
+    assert feature["geometry"]["type"] == "Polygon" and len(feature["geometry"]["coordinates"]) == 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_shapes_of_random_blobs_rasterise_back_to_the_mask(seed):
+    rng = np.random.default_rng(seed)
+    mask = (rng.random((24, 20)) < 0.55) & ndi.binary_closing(rng.random((24, 20)) < 0.7)  # pieces, holes, islands
+    polygons = shapes(mask, origin=(5, 7))
+    assert sum(polygon_area(ring) for rings in polygons for ring in rings) == mask.sum()
+    drawn = np.zeros(mask.shape, bool)
+    for exterior, *holes in polygons:
+        assert polygon_area(exterior) > 0 and all(polygon_area(hole) < 0 for hole in holes)
+        piece = rasterise(np.asarray(exterior) - [5, 7], mask.shape)
+        for hole in holes:
+            piece &= ~rasterise(np.asarray(hole) - [5, 7], mask.shape)
+        assert not (drawn & piece).any()  # pieces never overlap
+        drawn |= piece
+    np.testing.assert_array_equal(drawn, mask)
 
 
 def test_corner_touching_ring_closes_into_a_simple_polygon():
@@ -287,7 +321,9 @@ def test_write_prediction_round_trips_through_the_folder_reader(tmp_path):
     geojson = json.loads(paths["geojson"].read_text())
     assert len(geojson["features"]) == len(instances)
     with Image.open(paths["overlay"]) as png:
-        assert png.width == 256 and png.height > 256  # the tile, then the legend below it
+        assert png.size == (256, 256)  # pixel for pixel over the tile
+    with Image.open(tmp_path / "overlays" / "legend.png") as legend:
+        assert legend.width == 320 and (np.asarray(legend) != 255).any()
     empty_geojson = json.loads((tmp_path / "geojson" / "tile_b@0_0.geojson").read_text())
     assert empty_geojson == {"type": "FeatureCollection", "features": []}
 
