@@ -33,7 +33,8 @@ def cells_response(image: np.ndarray, instances: Instances, *, class_names: tupl
         name=name, width=width, height=height, model_id=model_id,
         sliding_window=height > tile_size or width > tile_size,
         n_cells=len(cells), counts=class_counts(instances, class_names),
-        cells=[CellOut(id=c.id, class_id=c.class_id, class_name=c.class_name, probability=c.probability,
+        cells=[CellOut(id=c.id, class_id=c.class_id, class_name=c.class_name, score=c.score,
+                       class_confidence=c.class_confidence,
                        centroid=c.centroid, bbox=c.bbox, area=c.area, polygon=[tuple(p) for p in c.polygon])
                for c in cells],
         overlay_png=base64.b64encode(overlay_png(image, instances, class_names)).decode() if with_overlay else None,

@@ -5,7 +5,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-_CELL_EXAMPLE: dict[str, Any] = {"id": 1, "class_id": 2, "class_name": "inflammatory", "probability": 0.91,
+_CELL_EXAMPLE: dict[str, Any] = {"id": 1, "class_id": 2, "class_name": "inflammatory", "score": 0.93,
+                                   "class_confidence": 0.88,
                  "centroid": [37.4, 12.9], "bbox": [31, 7, 44, 19], "area": 118,
                  "polygon": [[33.0, 7.0], [42.0, 7.0], [42.0, 9.0], [44.0, 9.0], [44.0, 17.0], [40.0, 19.0],
                              [33.0, 19.0], [31.0, 15.0], [31.0, 9.0], [33.0, 7.0]]}
@@ -19,8 +20,11 @@ class CellOut(BaseModel):
     id: int = Field(description="instance id in the label map, 1..n")
     class_id: int = Field(description="cell type id, 1..K")
     class_name: str
-    probability: float | None = Field(
-        description="mean probability of the chosen type over the cell; null if the model's output was not finite")
+    score: float | None = Field(description=(
+        "detection score: mean foreground probability over the cell (how sure the model is that a nucleus is "
+        "there; see min_score); null if the model's output was not finite"))
+    class_confidence: float | None = Field(description=(
+        "the chosen type's share of the real classes' probability over the cell; null if not finite"))
     centroid: tuple[float, float] = Field(description="(x, y)")
     bbox: tuple[int, int, int, int] = Field(description="(x_min, y_min, x_max, y_max), max exclusive")
     area: int = Field(description="pixels")

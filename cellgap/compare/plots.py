@@ -102,7 +102,7 @@ def instances_of_maps(instances: np.ndarray, classes: np.ndarray | None) -> Inst
         counts[:, 0] = 0
         majority = counts[1:].argmax(axis=1)
         types = np.where(counts[1:].max(axis=1) > 0, majority, 1).astype(np.int32)
-    return Instances(labels=labels, classes=types, probabilities=np.ones(n, np.float32))
+    return Instances(labels=labels, classes=types, scores=np.ones(n, np.float32), confidences=np.ones(n, np.float32))
 
 
 def _unit_rgb(rgb: tuple[int, int, int]) -> tuple[float, float, float]:

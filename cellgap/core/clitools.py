@@ -59,6 +59,17 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def unit_interval(text: str) -> float:
+    """Parse a number in [0, 1] (a probability or a score threshold)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """Parse a finite number that must be above 0."""
     try:

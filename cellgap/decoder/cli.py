@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cellgap.core.clitools import add_device_option, add_model_flags, model_overrides, positive_int
+from cellgap.core.clitools import add_device_option, add_model_flags, model_overrides, positive_int, unit_interval
 
 # TrainConfig fields that are flags of `train` (the loss weights are set in the YAML config)
 TRAIN_FLAGS: tuple[str, ...] = (
@@ -59,6 +59,9 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--weights", type=Path, help="local encoder checkpoint when the run's weights are elsewhere")
     add_device_option(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8, help="tiles per forward pass (default 8)")
+    parser.add_argument("--min-score", type=unit_interval, default=0.0, metavar="S",
+                        help="leave out cells whose detection score (mean foreground probability) is below S "
+                             "(default 0: keep every cell post-processing finds)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_predict)
 
@@ -69,11 +72,11 @@ def _predict(args: argparse.Namespace) -> int:
     if args.store:
         split = None if args.split == "all" else args.split
         summary = predict_store(args.run, args.store, split, args.out, device=args.device, batch_size=args.batch_size,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, min_score=args.min_score)
         gt = f"store:{args.store}" + ("" if split is None else f",split={split}")
     else:
         summary = predict_images(args.run, args.images, args.out, device=args.device, weights=args.weights,
-                                 batch_size=args.batch_size, progress=not args.no_progress)
+                                 batch_size=args.batch_size, progress=not args.no_progress, min_score=args.min_score)
         gt = "FORMAT:GROUND_TRUTH"
     for line in summary.lines():
         print(line)

@@ -38,7 +38,7 @@ PALETTE: tuple[RGB, ...] = (
     (68, 170, 153), (153, 153, 51), (170, 68, 153),
 )
 UNTYPED_NAME = "cell"  # the one class of data sets without class names
-CSV_COLUMNS = ("id", "class_id", "class_name", "probability", "centroid_x", "centroid_y",
+CSV_COLUMNS = ("id", "class_id", "class_name", "score", "class_confidence", "centroid_x", "centroid_y",
                "x_min", "y_min", "x_max", "y_max", "area")
 _FOUR = ndi.generate_binary_structure(2, 1)
 _UUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://cellgap/detections")
@@ -60,7 +60,8 @@ class Cell:
     id: int
     class_id: int
     class_name: str
-    probability: float
+    score: float  # detection: mean foreground probability over the cell
+    class_confidence: float  # the type's share of the real classes' probability over the cell
     centroid: tuple[float, float]
     bbox: tuple[int, int, int, int]
     area: int
@@ -111,7 +112,7 @@ def cells_of(instances: Instances, class_names: tuple[str, ...]) -> list[Cell]:
     with np.errstate(invalid="ignore", divide="ignore"):
         centre_x = np.bincount(ids, weights=cols, minlength=n + 1) / area
         centre_y = np.bincount(ids, weights=rows, minlength=n + 1) / area
-    classes, probabilities = instances.classes.tolist(), instances.probabilities.tolist()
+    classes, scores, confidences = instances.classes.tolist(), instances.scores.tolist(), instances.confidences.tolist()
     cells = []
     for index, box in enumerate(ndi.find_objects(labels)):
         if box is None:
@@ -122,7 +123,8 @@ def cells_of(instances: Instances, class_names: tuple[str, ...]) -> list[Cell]:
             id=cell_id,
             class_id=int(classes[index]),
             class_name=class_name(int(classes[index]), class_names),
-            probability=round(float(probabilities[index]), 6),  # float32 digits, not its binary noise
+            score=round(float(scores[index]), 6),  # float32 digits, not its binary noise
+            class_confidence=round(float(confidences[index]), 6),
             centroid=(float(centre_x[cell_id]), float(centre_y[cell_id])),
             bbox=(x0, y0, box[1].stop, box[0].stop),
             area=int(area[cell_id]),
@@ -238,7 +240,7 @@ def to_geojson(cells: list[Cell], *, image_name: str = "",
     features = []
     for cell in cells:
         color = (class_colors or {}).get(cell.class_id) or class_color(cell.class_id)
-        measurements = {"probability": cell.probability, "area": float(cell.area)}
+        measurements = {"score": cell.score, "class_confidence": cell.class_confidence, "area": float(cell.area)}
         features.append({
             "type": "Feature",
             "id": str(uuid.uuid5(_UUID_NAMESPACE, f"{image_name}#{cell.id}")),
@@ -354,7 +356,7 @@ def cells_csv(cells: list[Cell]) -> str:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for cell in cells:
-        writer.writerow([cell.id, cell.class_id, cell.class_name, f"{cell.probability:.6g}",
+        writer.writerow([cell.id, cell.class_id, cell.class_name, f"{cell.score:.6g}", f"{cell.class_confidence:.6g}",
                          f"{cell.centroid[0]:.3f}", f"{cell.centroid[1]:.3f}", *cell.bbox, cell.area])
     return text.getvalue()
 
@@ -366,9 +368,9 @@ def _check_instances(instances: Instances) -> np.ndarray:
     n = int(labels.max()) if labels.size else 0
     if labels.size and labels.min() < 0:
         raise ValueError("instance labels must be >= 0")
-    if len(instances.classes) < n or len(instances.probabilities) != len(instances.classes):
-        raise ValueError(f"labels hold ids up to {n} but there are {len(instances.classes)} classes "
-                         f"and {len(instances.probabilities)} probabilities")
+    if len(instances.classes) < n or not len(instances.scores) == len(instances.confidences) == len(instances.classes):
+        raise ValueError(f"labels hold ids up to {n} but there are {len(instances.classes)} classes, "
+                         f"{len(instances.scores)} scores and {len(instances.confidences)} confidences")
     if len(instances.classes) and int(np.min(instances.classes)) < 1:
         raise ValueError(f"class ids start at 1, got {int(np.min(instances.classes))}")
     return labels.astype(np.int32, copy=False)

@@ -84,16 +84,30 @@ class Instances:
 
     labels (H,W) int32, 0 = background, ids 1..n. classes (n,) int32: cell type of instance i+1,
     1..K; all 1 (a single "cell" type, as in the targets without a class map) when there is no class
-    head. probabilities (n,) float32: mean probability of the chosen type over the instance (of the
-    foreground, P(boundary) + P(body), without a class head).
+    head. scores (n,) float32: the detection score, the mean foreground probability P(boundary) +
+    P(body) over the instance, how sure the model is that a nucleus is there. confidences (n,)
+    float32: the chosen type's share of the real classes' probability mass over the instance (the
+    background channel left out, so it reads as "which type, given it is a nucleus"; 1 without a
+    class head).
     """
 
     labels: np.ndarray
     classes: np.ndarray
-    probabilities: np.ndarray
+    scores: np.ndarray
+    confidences: np.ndarray
 
     def __len__(self) -> int:
         return int(self.classes.shape[0])
+
+    def with_min_score(self, min_score: float) -> Instances:
+        """Only the instances scored at least `min_score`, renumbered 1..m in their order."""
+        keep = self.scores >= min_score
+        if keep.all():
+            return self
+        lookup = np.zeros(len(self) + 1, dtype=np.int32)
+        lookup[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+        return Instances(labels=lookup[self.labels], classes=self.classes[keep], scores=self.scores[keep],
+                         confidences=self.confidences[keep])
 
     def class_map(self) -> np.ndarray:
         """(H,W) uint8 cell type per pixel, 0 = background."""
@@ -140,8 +154,9 @@ def postprocess(
         labels = _remove_small_objects(labels.astype(np.int32, copy=False), config.min_size)  # 12
     else:
         labels = np.zeros(mask.shape, dtype=np.int32)
-    classes, probabilities = pool_classes(labels, class_prob, p_foreground)  # 13
-    return Instances(labels=labels, classes=classes, probabilities=probabilities)
+    classes, confidences = pool_classes(labels, class_prob)  # 13
+    return Instances(labels=labels, classes=classes, scores=mean_per_instance(labels, p_foreground),
+                     confidences=confidences)
 
 
 def contour_map(ddm: np.ndarray, foreground: np.ndarray, kernel_size: int = 5) -> np.ndarray:
@@ -163,35 +178,46 @@ def contour_map(ddm: np.ndarray, foreground: np.ndarray, kernel_size: int = 5) -
     return out
 
 
-def pool_classes(
-    labels: np.ndarray, class_prob: np.ndarray | None, p_foreground: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Class id (n,) int32 and its mean probability (n,) float32 of each instance 1..n in `labels`.
-
-    SM2 probabilities are summed over the instance's pixels and the argmax taken; when background
-    (channel 0) wins, the best real class is taken instead, so every instance keeps a type. Without
-    a class head every instance is type 1, with the mean of `p_foreground` (or 1) as its probability.
-    """
+def _instance_pixels(labels: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """(n, flat indices of the instances' pixels, their ids, pixels per instance 1..n)."""
     flat = labels.ravel()
     n = int(flat.max()) if flat.size else 0
-    if n == 0:
-        return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
     inside = np.flatnonzero(flat)  # cells cover a small part of a tile: sum over their pixels only
     ids = flat[inside]
     area = np.maximum(np.bincount(ids, minlength=n + 1)[1:], 1)
+    return n, inside, ids, area
+
+
+def mean_per_instance(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(n,) float32: the mean of a (H,W) map over each instance 1..n."""
+    n, inside, ids, area = _instance_pixels(labels)
+    if n == 0:
+        return np.zeros(0, dtype=np.float32)
+    return (np.bincount(ids, weights=values.ravel()[inside], minlength=n + 1)[1:] / area).astype(np.float32)
+
+
+def pool_classes(labels: np.ndarray, class_prob: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Class id (n,) int32 and its confidence (n,) float32 of each instance 1..n in `labels`.
+
+    SM2 probabilities are summed over the instance's pixels and the argmax taken; when background
+    (channel 0) wins, the best real class is taken instead, so every instance keeps a type. The
+    confidence is that class's share of the real classes' summed probability. Without a class head
+    every instance is type 1 with confidence 1.
+    """
+    n, inside, ids, _ = _instance_pixels(labels)
+    if n == 0:
+        return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
     if class_prob is None:
-        classes = np.ones(n, dtype=np.int32)
-        if p_foreground is None:
-            return classes, np.ones(n, dtype=np.float32)
-        total = np.bincount(ids, weights=p_foreground.ravel()[inside], minlength=n + 1)[1:]
-        return classes, (total / area).astype(np.float32)
+        return np.ones(n, dtype=np.int32), np.ones(n, dtype=np.float32)
     sums = np.stack(
         [np.bincount(ids, weights=channel.ravel()[inside], minlength=n + 1)[1:] for channel in class_prob], axis=1
     )  # (n, K+1)
     best = sums.argmax(axis=1)
     classes = np.where(best == 0, sums[:, 1:].argmax(axis=1) + 1, best).astype(np.int32)
-    probabilities = (sums[np.arange(n), classes] / area).astype(np.float32)
-    return classes, probabilities
+    real = sums[:, 1:].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidences = np.where(real > 0, sums[np.arange(n), classes] / real, np.nan).astype(np.float32)
+    return classes, confidences
 
 
 def _markers(body: np.ndarray, config: PostprocessConfig) -> np.ndarray:

@@ -29,8 +29,9 @@ class PredictSummary:
 
 
 def predict_store(run_dir: Path, store_path: str, split: str | None, out: Path, *, device: str = "auto",
-                  batch_size: int = 8, progress: bool = True) -> PredictSummary:
-    """Predict tiles of a store from their stored features (the store must come from the run's encoder)."""
+                  batch_size: int = 8, progress: bool = True, min_score: float = 0.0) -> PredictSummary:
+    """Predict tiles of a store from their stored features (the store must come from the run's encoder);
+    cells with a detection score below `min_score` are left out of every output."""
     predictor = Predictor.from_run(run_dir, device=device, with_encoder=False)
     store = open_store(store_path, expect_encoder=predictor.checkpoint.manifest.encoder)
     indices = store.indices(split)
@@ -43,7 +44,7 @@ def predict_store(run_dir: Path, store_path: str, split: str | None, out: Path, 
         for batch in batches.epoch(0):
             maps_of_batch = predictor.maps_from_features(batch.features, batch.image)
             for maps, index, image in zip(maps_of_batch, batch.indices, batch.stored_images):
-                found = instances_of(maps, predictor.checkpoint.postprocess)
+                found = instances_of(maps, predictor.checkpoint.postprocess).with_min_score(min_score)
                 write_prediction(out, store.names[int(index)], image, found, predictor.class_names)
                 cells += len(found)
             bar.update(len(batch.indices))
@@ -64,7 +65,7 @@ def image_files(path: Path) -> list[Path]:
 
 
 def predict_images(run_dir: Path, images: Path, out: Path, *, device: str = "auto", weights: Path | None = None,
-                   batch_size: int = 8, progress: bool = True) -> PredictSummary:
+                   batch_size: int = 8, progress: bool = True, min_score: float = 0.0) -> PredictSummary:
     """Predict image files of any size, encoding them on the fly with the run's encoder."""
     check_run_dir(run_dir)
     files = image_files(images)
@@ -74,7 +75,7 @@ def predict_images(run_dir: Path, images: Path, out: Path, *, device: str = "aut
     with progress_bar(len(files), "predict", unit="image", enabled=progress) as bar:
         for path in files:
             image = read_image(path)
-            found = predictor.predict_image(image, batch_size=batch_size)
+            found = predictor.predict_image(image, batch_size=batch_size).with_min_score(min_score)
             write_prediction(out, path.stem, image, found, predictor.class_names)
             cells += len(found)
             bar.update(1)

@@ -67,7 +67,7 @@ def _register_extract(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", choices=("float16", "float32", "int8"), default="float16",
                         help="stored feature precision (int8: per-channel scales; default float16)")
     parser.add_argument("--codec", choices=("none", "zstd", "blosc-lz4"), default="none",
-                        help="feature compression (default none: see the README's measurements)")
+                        help="feature compression (default none: see docs/benchmarks.md)")
     parser.add_argument("--shard-tiles", type=positive_int, default=32, help="tiles per shard file (default 32)")
     parser.add_argument("--views", choices=("none", "flips", "d4"), default="none",
                         help="also store features of flipped/rotated tiles for augmentation")

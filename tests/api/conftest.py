@@ -43,7 +43,7 @@ class FakePredictor:
 
         labels, n = ndi.label(image.mean(axis=-1) < 100)
         classes = (1 + np.arange(1, n + 1) % 2).astype(np.int32)
-        return Instances(labels.astype(np.int32), classes, np.full(n, 0.75, np.float32))
+        return Instances(labels.astype(np.int32), classes, np.full(n, 0.75, np.float32), np.full(n, 0.75, np.float32))
 
     def predict_batch(self, images: list[np.ndarray]) -> list[Instances]:
         assert all(image.shape == (TILE, TILE, 3) and image.dtype == np.uint8 for image in images)

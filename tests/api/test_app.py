@@ -36,7 +36,7 @@ def test_predict_json_lists_cells_and_counts(client, fake):
     assert first["id"] == 1 and first["class_name"] == "immune" and first["area"] == 81
     assert first["centroid"] == [16.0, 16.0] and first["bbox"] == [12, 12, 21, 21]
     assert first["polygon"][0] == first["polygon"][-1] and len(first["polygon"]) == 5
-    assert first["probability"] == pytest.approx(0.75)
+    assert first["score"] == pytest.approx(0.75) and first["class_confidence"] == pytest.approx(0.75)
     assert fake.batches == [1] and fake.threads == {"cellgap-model"}
 
 
@@ -224,6 +224,15 @@ def test_without_a_run_the_server_evaluates_and_says_for_good_that_it_does_not_p
                                                             "pred": {"instances": [[1]]}}]}).status_code == 200
 
 
+def test_min_score_leaves_out_cells_below_it(client):
+    tile = png_bytes(blob_tile())
+    assert client.post("/v1/predict?min_score=0.7", files=_file(tile)).json()["n_cells"] == 2  # the fake scores 0.75
+    assert client.post("/v1/predict?min_score=0.8", files=_file(tile)).json()["n_cells"] == 0
+    batch = client.post("/v1/predict/batch?min_score=0.8", files=[("files", ("a.png", tile))]).json()
+    assert batch["results"][0]["n_cells"] == 0
+    assert client.post("/v1/predict?min_score=2", files=_file(tile)).status_code == 422
+
+
 def test_unknown_query_parameters_are_refused_by_name(client):
     tile = png_bytes(blob_tile())
     for path, files in (("/v1/predict?formt=png", _file(tile)),
@@ -322,12 +331,13 @@ def test_file_names_are_labels_never_paths(client, tmp_path):
     assert answer.status_code == 422 and "(win.ini)" in answer.json()["detail"]
 
 
-def test_a_non_finite_probability_is_sent_as_null_not_as_zero():
+def test_a_non_finite_score_is_sent_as_null_not_as_zero():
     from cellgap.api.routes.predict import _finite
     from cellgap.api.schemas import _CELL_EXAMPLE, PredictResponse
 
-    cells = [{**_CELL_EXAMPLE, "id": 1, "probability": float("nan")}, {**_CELL_EXAMPLE, "id": 2}]
+    cells = [{**_CELL_EXAMPLE, "id": 1, "score": float("nan"), "class_confidence": float("inf")},
+             {**_CELL_EXAMPLE, "id": 2}]
     response = PredictResponse(name="t.png", width=64, height=64, model_id="m", sliding_window=False, n_cells=2,
                                counts={"inflammatory": 2}, cells=cells)
     sent = json.loads(_finite(response).model_dump_json())
-    assert [c["probability"] for c in sent["cells"]] == [None, 0.91]
+    assert [(c["score"], c["class_confidence"]) for c in sent["cells"]] == [(None, None), (0.93, 0.88)]

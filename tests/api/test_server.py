@@ -32,7 +32,8 @@ def test_predict_a_tile_in_every_format(server, tile_png):
     assert body["n_cells"] == len(body["cells"]) == sum(body["counts"].values())
     assert set(body["counts"]) >= {"tumour", "lymphocyte", "stromal"}
     for cell in body["cells"]:
-        assert set(cell) == {"id", "class_id", "class_name", "probability", "centroid", "bbox", "area", "polygon"}
+        assert set(cell) == {"id", "class_id", "class_name", "score", "class_confidence", "centroid", "bbox", "area",
+                             "polygon"}
     geo = client.post("/v1/predict", params={"format": "geojson"}, files=_upload(tile_png))
     assert geo.headers["content-type"].startswith("application/geo+json")
     assert geo.json()["type"] == "FeatureCollection" and len(geo.json()["features"]) == body["n_cells"]

@@ -21,9 +21,9 @@ from cellgap.decoder.outputs import (
     class_counts,
     legend_image,
     outline,
-    shapes,
     overlay,
     polygon_area,
+    shapes,
     to_geojson,
     write_class_names,
     write_prediction,
@@ -35,11 +35,12 @@ from cellgap.featurestore.datasets.synthetic import CLASS_NAMES, make_tile
 NAMES = ("tumour", "lymphocyte", "stromal")
 
 
-def instances_of(labels: np.ndarray, classes=None, probability: float = 0.75) -> Instances:
+def instances_of(labels: np.ndarray, classes=None, score: float = 0.75, confidence: float = 0.5) -> Instances:
     labels = np.asarray(labels, dtype=np.int32)
     n = int(labels.max()) if labels.size else 0
     classes = np.ones(n, np.int32) if classes is None else np.asarray(classes, np.int32)
-    return Instances(labels=labels, classes=classes, probabilities=np.full(n, probability, np.float32))
+    return Instances(labels=labels, classes=classes, scores=np.full(n, score, np.float32),
+                     confidences=np.full(n, confidence, np.float32))
 
 
 def tile_instances(seed: int, n_classes: int = 3):
@@ -65,7 +66,7 @@ def test_rectangle_has_exact_bbox_area_centroid_and_polygon():
     labels[2:5, 3:8] = 1  # rows 2..4, columns 3..7
     (cell,) = cells_of(instances_of(labels, [2]), NAMES)
     assert (cell.id, cell.class_id, cell.class_name) == (1, 2, "lymphocyte")
-    assert cell.probability == pytest.approx(0.75)
+    assert (cell.score, cell.class_confidence) == (pytest.approx(0.75), pytest.approx(0.5))
     assert cell.bbox == (3, 2, 8, 5)
     assert cell.area == 15
     assert cell.centroid == (5.0, 3.0)
@@ -197,7 +198,8 @@ def test_empty_and_inconsistent_instances():
     assert cells_of(empty, NAMES) == []
     assert class_counts(empty, NAMES) == {"tumour": 0, "lymphocyte": 0, "stromal": 0}
     with pytest.raises(ValueError, match="ids up to 2"):
-        cells_of(Instances(np.array([[1, 2]], np.int32), np.ones(1, np.int32), np.ones(1, np.float32)), NAMES)
+        cells_of(Instances(np.array([[1, 2]], np.int32), np.ones(1, np.int32), np.ones(1, np.float32),
+                           np.ones(1, np.float32)), NAMES)
     with pytest.raises(ValueError, match="class ids start at 1"):
         cells_of(instances_of(np.array([[1]]), [0]), NAMES)
 
@@ -246,7 +248,8 @@ def test_geojson_is_a_qupath_feature_collection():
     properties = feature["properties"]
     assert properties["objectType"] == "detection" and properties["isLocked"] is False
     assert properties["classification"] == {"name": "stromal", "color": list(class_color(3))}
-    assert properties["measurements"] == {"probability": pytest.approx(0.75), "area": 14.0}
+    assert properties["measurements"] == {"score": pytest.approx(0.75), "class_confidence": 0.5,
+                                          "area": 14.0}
     ids = [f["id"] for f in collection["features"]]
     assert len(set(ids)) == 2
     assert ids == [f["id"] for f in to_geojson(cells, image_name="tile_7")["features"]]  # deterministic
@@ -255,7 +258,7 @@ def test_geojson_is_a_qupath_feature_collection():
 
 def test_geojson_of_nothing_and_non_finite_measurements():
     assert to_geojson([]) == {"type": "FeatureCollection", "features": []}
-    cells = cells_of(instances_of(np.array([[0, 1]]), probability=float("nan")), ())
+    cells = cells_of(instances_of(np.array([[0, 1]]), score=float("nan"), confidence=float("inf")), ())
     text = json.dumps(to_geojson(cells, class_colors={1: (1, 2, 3)}), allow_nan=False)
     properties = json.loads(text)["features"][0]["properties"]
     assert properties["measurements"] == {"area": 1.0}

@@ -7,7 +7,14 @@ import pytest
 from scipy import ndimage as ndi
 
 from cellgap.decoder.kernels import DIRECTIONS, directional_kernels
-from cellgap.decoder.postprocess import Instances, PostprocessConfig, contour_map, pool_classes, postprocess
+from cellgap.decoder.postprocess import (
+    Instances,
+    PostprocessConfig,
+    contour_map,
+    mean_per_instance,
+    pool_classes,
+    postprocess,
+)
 from cellgap.decoder.targets import TargetConfig, compute_targets, one_hot
 
 N_CLASSES = 5
@@ -86,7 +93,8 @@ def test_ideal_maps_give_back_every_instance_and_its_class(
         assert result.classes[majority(result.labels[cell]) - 1] == majority(classes[cell])
     np.testing.assert_array_equal(np.unique(result.labels), np.arange(len(result) + 1))
     assert result.labels.dtype == np.int32 and result.classes.dtype == np.int32
-    assert result.probabilities.min() > 0.9  # one-hot SM2: only pixels at the edges disagree
+    assert result.confidences.min() > 0.9  # one-hot SM2: only pixels at the edges disagree
+    assert result.scores.min() > 0.9  # and the foreground is certain inside every cell
 
 
 @pytest.mark.parametrize("magnification", [20, 40])
@@ -137,7 +145,7 @@ def test_empty_maps_give_no_instances() -> None:
     class_prob[0] = 1.0
     result = postprocess(sm1, np.zeros((4, 32, 32), dtype=np.float32), class_prob, PostprocessConfig())
     assert len(result) == 0 and not result.labels.any() and result.labels.shape == (32, 32)
-    assert result.probabilities.shape == (0,) and not result.class_map().any()
+    assert result.scores.shape == result.confidences.shape == (0,) and not result.class_map().any()
 
 
 def test_class_pooling_sums_probabilities_and_falls_back_to_the_best_real_class() -> None:
@@ -148,22 +156,36 @@ def test_class_pooling_sums_probabilities_and_falls_back_to_the_best_real_class(
     probs[:, :, :3] = np.array([0.6, 0.1, 0.3, 0.0])[:, None, None]  # background wins: best real type is 2
     probs[:, :2, 3:] = np.array([0.1, 0.0, 0.0, 0.9])[:, None, None]  # type 3 on 6 px ...
     probs[:, 2:, 3:] = np.array([0.0, 0.8, 0.2, 0.0])[:, None, None]  # ... beats type 1 on 6 px (sum 5.4 > 4.8)
-    classes, probabilities = pool_classes(labels, probs)
+    classes, confidences = pool_classes(labels, probs)
     np.testing.assert_array_equal(classes, [2, 3])
-    np.testing.assert_allclose(probabilities, [0.3, 0.45], atol=1e-6)
+    # among real classes only: 0.3 of 0.4 for the first cell, 5.4 of 0.8*6+0.2*6+0.9*6 = 11.4 for the second
+    np.testing.assert_allclose(confidences, [0.75, 5.4 / 11.4], atol=1e-6)
 
 
-def test_without_a_class_head_every_instance_is_type_one_scored_by_the_foreground() -> None:
+def test_without_a_class_head_every_instance_is_type_one_and_the_score_is_the_foreground() -> None:
     labels = np.array([[1, 1, 0, 2]], dtype=np.int32)
-    classes, probabilities = pool_classes(labels, None, np.array([[0.8, 0.6, 0.1, 0.9]], dtype=np.float32))
+    classes, confidences = pool_classes(labels, None)
     np.testing.assert_array_equal(classes, [1, 1])
-    np.testing.assert_allclose(probabilities, [0.7, 0.9], atol=1e-6)
+    np.testing.assert_array_equal(confidences, [1.0, 1.0])
+    scores = mean_per_instance(labels, np.array([[0.8, 0.6, 0.1, 0.9]], dtype=np.float32))
+    np.testing.assert_allclose(scores, [0.7, 0.9], atol=1e-6)
+
+
+def test_min_score_drops_the_cells_the_model_does_not_believe_and_renumbers_the_rest() -> None:
+    labels = np.array([[1, 1, 0, 2, 3]], dtype=np.int32)
+    instances = Instances(labels=labels, classes=np.array([1, 2, 3], np.int32),
+                          scores=np.array([0.9, 0.2, 0.6], np.float32), confidences=np.array([0.5, 0.6, 0.7], np.float32))
+    kept = instances.with_min_score(0.5)
+    np.testing.assert_array_equal(kept.labels, [[1, 1, 0, 0, 2]])
+    np.testing.assert_array_equal(kept.classes, [1, 3])
+    np.testing.assert_allclose(kept.confidences, [0.5, 0.7])
+    assert instances.with_min_score(0.0) is instances and len(instances.with_min_score(0.95)) == 0
 
 
 def test_class_map_paints_each_instance_with_its_type() -> None:
     labels = np.array([[0, 1, 2], [2, 2, 0]], dtype=np.int32)
     instances = Instances(labels=labels, classes=np.array([4, 2], dtype=np.int32),
-                          probabilities=np.ones(2, dtype=np.float32))
+                          scores=np.ones(2, dtype=np.float32), confidences=np.ones(2, dtype=np.float32))
     np.testing.assert_array_equal(instances.class_map(), [[0, 4, 2], [2, 2, 0]])
     assert instances.class_map().dtype == np.uint8
 

@@ -83,7 +83,9 @@ def test_predict_store_then_evaluate(tmp_path, trained_run, conv_store):
     assert result.returncode == 0, result.stderr
     labels = sorted((out / "labels").glob("*.npy"))
     assert len(labels) == 10 and (out / "classes.json").exists()
-    assert len(list((out / "geojson").glob("*.geojson"))) == 10 and len(list((out / "overlays").glob("*.png"))) == 10
+    assert len(list((out / "geojson").glob("*.geojson"))) == 10
+    assert sorted(p.name for p in (out / "overlays").glob("*.png"))[:1] == ["legend.png"]
+    assert len(list((out / "overlays").glob("*.png"))) == 11  # one per tile and the legend
     first = np.load(labels[0])
     assert first.shape == (256, 256, 2)
     geojson = json.loads(next((out / "geojson").glob("*.geojson")).read_text())
@@ -93,6 +95,33 @@ def test_predict_store_then_evaluate(tmp_path, trained_run, conv_store):
     assert result.returncode == 0, result.stderr
     values = json.loads(metrics.read_text())
     assert values["n_images"] == 10 and values["instance"]["pq"] is not None
+
+
+def test_min_score_leaves_out_the_cells_the_model_doubts(tmp_path, trained_run, conv_store, monkeypatch):
+    import csv
+
+    from cellgap.cli import main
+    from cellgap.decoder import predict
+    from cellgap.decoder.postprocess import Instances
+
+    def three_cells(maps, config):  # the tiny run finds little: give every tile cells of known scores
+        labels = np.zeros(maps.sm1.shape[1:], np.int32)
+        labels[10:20, 10:20], labels[40:50, 40:50], labels[80:90, 80:90] = 1, 2, 3
+        return Instances(labels, np.ones(3, np.int32), np.array([0.9, 0.3, 0.6], np.float32),
+                         np.ones(3, np.float32))
+
+    monkeypatch.setattr(predict, "instances_of", three_cells)
+    out = tmp_path / "kept"
+    assert main(["predict", "--run", str(trained_run), "--store", str(conv_store), "--split", "all", "--out", str(out),
+                 "--no-progress", "--min-score", "0.5"]) == 0
+    rows = [row for path in sorted((out / "cells").glob("*.csv")) for row in csv.DictReader(path.open())]
+    assert len(rows) == 2 * 10 and {round(float(row["score"]), 3) for row in rows} == {0.9, 0.6}
+    assert {int(row["id"]) for row in rows} == {1, 2}  # renumbered
+    first = np.load(sorted((out / "labels").glob("*.npy"))[0])
+    assert set(np.unique(first[..., 0])) == {0, 1, 2}
+    refused = run_cli("predict", "--run", str(trained_run), "--store", str(conv_store), "--out", str(tmp_path / "x"),
+                      "--min-score", "1.5")
+    assert refused.returncode == 2 and "[0, 1]" in refused.stderr
 
 
 def test_predict_images_encodes_on_the_fly(tmp_path, trained_run):

@@ -33,14 +33,15 @@ class OutputFormat(StrEnum):
     png = "png"
 
 
-class PredictQuery(StrictQuery):
+class BatchQuery(StrictQuery):
+    overlay: bool = Field(False, description="add each overlay as a base64 PNG")
+    min_score: float = Field(0.0, ge=0, le=1, description="leave out cells whose detection score is below this")
+
+
+class PredictQuery(BatchQuery):
     format: OutputFormat = Field(OutputFormat.json, description="json: cells; geojson: QuPath FeatureCollection; "
                                                                 "png: overlay image")
     overlay: bool = Field(False, description="json only: add the overlay as a base64 PNG")
-
-
-class BatchQuery(StrictQuery):
-    overlay: bool = Field(False, description="add each overlay as a base64 PNG")
 
 
 _FILE_HELP = f"a tile or image: {ACCEPTED} (an (H,W,3) / (H,W) array for .npy); larger than a tile = sliding windows"
@@ -48,7 +49,7 @@ _GEOJSON_EXAMPLE = {"type": "FeatureCollection", "features": [{
     "type": "Feature", "id": "0c5b8c7e-6b0a-5d57-9f0e-3d2f3b8f1a11",
     "geometry": {"type": "Polygon", "coordinates": [[[31.0, 7.0], [44.0, 7.0], [44.0, 19.0], [31.0, 19.0], [31.0, 7.0]]]},
     "properties": {"objectType": "detection", "classification": {"name": "inflammatory", "color": [86, 180, 233]},
-                   "measurements": {"probability": 0.91, "area": 118.0}, "isLocked": False}}]}
+                   "measurements": {"score": 0.93, "class_confidence": 0.88, "area": 118.0}, "isLocked": False}}]}
 _PREDICT_RESPONSES = {
     200: {"description": "cells (json), a QuPath FeatureCollection (geojson) or the overlay image (png)",
           "content": {"application/geo+json": {"schema": {"type": "object"}, "example": _GEOJSON_EXAMPLE},
@@ -68,15 +69,17 @@ def _json(model: PredictResponse | BatchResponse) -> Response:
 
 
 def _finite(response: PredictResponse) -> PredictResponse:
-    """A non-finite probability (a damaged model output) is sent as null, never as a made-up number:
-    strict JSON has no NaN, and 0 would read as a confident 'no'."""
+    """A non-finite score or confidence (a damaged model output) is sent as null, never as a made-up
+    number: strict JSON has no NaN, and 0 would read as a confident 'no'."""
     broken = 0
     for cell in response.cells:
-        if cell.probability is not None and not math.isfinite(cell.probability):
-            cell.probability = None
-            broken += 1
+        for field in ("score", "class_confidence"):
+            value = getattr(cell, field)
+            if value is not None and not math.isfinite(value):
+                setattr(cell, field, None)
+                broken += 1
     if broken:
-        log.warning("%s: %d cells with a non-finite probability, sent as null", response.name, broken)
+        log.warning("%s: %d non-finite cell scores or confidences, sent as null", response.name, broken)
     return response
 
 
@@ -108,7 +111,7 @@ async def predict(
     """
     with service.announce() as announcement:
         image = await _decode(file, "file", service, settings)
-        instances = await service.predict(image, announcement)
+        instances = (await service.predict(image, announcement)).with_min_score(query.min_score)
     name, format = upload_name(file), query.format
     if format is OutputFormat.png:
         return Response(await run_in_threadpool(overlay_png, image, instances, service.class_names),
@@ -143,6 +146,7 @@ async def predict_batch(
     for outcome in predicted:
         if isinstance(outcome, BaseException):
             raise outcome
-    results = [await _cells(image, instances, upload_name(upload), service, query.overlay)  # type: ignore[arg-type]
+    results = [await _cells(image, instances.with_min_score(query.min_score), upload_name(upload),  # type: ignore[union-attr]
+                            service, query.overlay)
                for upload, image, instances in zip(files, images, predicted)]
     return _json(BatchResponse(model_id=service.model_id, results=results))
