@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from cellgap.core.allocator import keep_freed_memory
 from cellgap.core.clitools import OneLineParser
 from cellgap.core.errors import CellgapError
+from cellgap.core.threads import apply_before_torch, busy_cores, plan_threads
 from cellgap.core.version import cellgap_version
+
+# commands that run a model on the CPU: their torch thread count follows the cores other work leaves idle
+MODEL_COMMANDS = frozenset({"extract", "train", "predict", "compare", "demo", "bench", "serve"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.malloc == "keep":
         keep_freed_memory()
+    if args.command in MODEL_COMMANDS:  # before anything imports torch
+        plan = plan_threads(busy=None if "OMP_NUM_THREADS" in os.environ else busy_cores())
+        apply_before_torch(plan)
+        logging.getLogger("cellgap").debug("torch threads: %d (%s)", plan.threads, plan.reason)
     try:
         return int(args.handler(args) or 0)
     except CellgapError as error:

@@ -97,6 +97,19 @@ def _register_bench(bench: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the table as JSON")
     parser.set_defaults(handler=_bench_train)
 
+    threads = bench.add_parser("threads", help="training steps with a competing busy process: thread counts compared")
+    threads.add_argument("--steps", type=positive_int, default=20, help="timed optimiser steps per run (default 20)")
+    threads.add_argument("--rounds", type=positive_int, default=3, help="runs of every condition, medians (default 3)")
+    threads.add_argument("--json", type=Path, metavar="OUT", help="also write the table as JSON")
+    threads.set_defaults(handler=_bench_threads)
+
+
+def _bench_threads(args: argparse.Namespace) -> int:
+    from cellgap.decoder.bench_threads import run_threads_bench
+
+    run_threads_bench(steps=args.steps, rounds=args.rounds, json_path=args.json)
+    return 0
+
 
 def _bench_train(args: argparse.Namespace) -> int:
     from cellgap.decoder.bench import run_train_bench

@@ -196,8 +196,8 @@ def train(config: TrainConfig) -> TrainResult:
     else:
         (out / "config.json").write_text(config.model_dump_json(indent=2))
         (out / "manifest.json").write_text(store.manifest.model_dump_json(indent=2))
-    log.info("decoder: %.2fM parameters, %.2f GFLOP per tile; encoder %s", parameters / 1e6, gflops,
-             store.manifest.encoder.name)
+    log.info("decoder: %.2fM parameters, %.2f GFLOP per tile; encoder %s; %s, torch %d threads", parameters / 1e6,
+             gflops, store.manifest.encoder.name, device, torch.get_num_threads())
     for epoch in range(progress["epoch"], config.epochs):
         started = time.perf_counter()
         sums: dict[str, float] = {}
