@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cellgap.core.errors import CellgapError
@@ -49,15 +49,24 @@ def evaluate_sources(gt: LabelSource, pred: LabelSource, *, n_classes: int | Non
     """Score every paired image and reduce once. Classes are named by the GT source (else the prediction's)."""
     pairs = pair_images(list(gt.names), list(pred.names))
     class_names = tuple(gt.class_names) or tuple(pred.class_names)
-    accumulator = EvaluationAccumulator(n_classes=n_classes, class_names=class_names, radius=radius,
+    images = ((_read(gt, g, "ground-truth"), _read(pred, p, "prediction")) for g, p in pairs)
+    return score_pairs(images, class_names=class_names, n_classes=n_classes, radius=radius, match_iou=match_iou)
+
+
+def score_pairs(pairs: Iterable[tuple[LabelledImage, LabelledImage]], *, class_names: Sequence[str] = (),
+                n_classes: int | None = None, radius: float = 12.0, match_iou: float = 0.5) -> MetricsReport:
+    """Score (ground truth, prediction) pairs and reduce once: the one loop of `evaluate`, validation and the
+    service. An image is typed when both sides have a class map; the GT's tissue and name label it."""
+    accumulator = EvaluationAccumulator(n_classes=n_classes, class_names=tuple(class_names), radius=radius,
                                         match_iou=match_iou)
-    for gt_index, pred_index in pairs:
-        truth, guess = _read(gt, gt_index, "ground-truth"), _read(pred, pred_index, "prediction")
+    one_sided = 0
+    for truth, guess in pairs:
         typed = truth.classes is not None and guess.classes is not None
+        one_sided += (truth.classes is None) != (guess.classes is None)
         accumulator.add(truth.instances, guess.instances, truth.classes if typed else None,
                         guess.classes if typed else None, tissue=truth.tissue, name=truth.name)
-    if accumulator.images and not accumulator.images[0].typed:
-        logger.info("class maps missing on one side: class metrics are null")
+    if one_sided:
+        logger.info("%d images have a class map on one side only: class metrics are null", one_sided)
     return accumulator.reduce()
 
 

@@ -25,8 +25,8 @@ from cellgap.api.schemas import EvaluateArrays, LabelArrays, StrictQuery
 from cellgap.api.settings import Settings
 from cellgap.api.uploads import Limits, decode_labels, labels_from_array
 from cellgap.featurestore.datasets.base import LabelledImage
-from cellgap.metrics import RADIUS_AT_MAGNIFICATION, EvaluationAccumulator, MetricsReport
-from cellgap.metrics.evaluate import pair_images
+from cellgap.metrics import RADIUS_AT_MAGNIFICATION, MetricsReport
+from cellgap.metrics.evaluate import pair_images, score_pairs
 
 router = APIRouter(prefix="/v1", tags=["evaluate"], dependencies=[Depends(require_api_key)])
 
@@ -145,17 +145,12 @@ async def pairs_from_form(request: Request, settings: Settings) -> tuple[list[Pa
 def score(pairs: list[Pair], *, class_names: tuple[str, ...], n_classes: int | None, radius: float,
           match_iou: float) -> MetricsReport:
     """The accumulate-then-reduce path of `cellgap evaluate`, on in-memory label maps."""
-    accumulator = EvaluationAccumulator(n_classes=n_classes, class_names=class_names, radius=radius,
-                                        match_iou=match_iou)
-    for truth, guess in pairs:
+    for truth, guess in pairs:  # all checked before any is scored
         if truth.instances.shape != guess.instances.shape:
             raise InvalidInputError(f"image {truth.name!r}: ground truth is {truth.instances.shape[0]} x "
                                     f"{truth.instances.shape[1]} but the prediction is {guess.instances.shape[0]} x "
                                     f"{guess.instances.shape[1]}", code="shape_mismatch")
-        typed = truth.classes is not None and guess.classes is not None
-        accumulator.add(truth.instances, guess.instances, truth.classes if typed else None,
-                        guess.classes if typed else None, tissue=truth.tissue, name=truth.name)
-    return accumulator.reduce()
+    return score_pairs(pairs, class_names=class_names, n_classes=n_classes, radius=radius, match_iou=match_iou)
 
 
 class EvaluateQuery(StrictQuery):

@@ -9,9 +9,11 @@ from cellgap.decoder.inference import TileMaps, forward_probabilities, instances
 from cellgap.decoder.loader import StoreBatches
 from cellgap.decoder.networks import CellDecoder
 from cellgap.decoder.postprocess import PostprocessConfig
+from cellgap.featurestore.datasets.base import LabelledImage
 from cellgap.featurestore.store.reader import FeatureStore
-from cellgap.metrics import EvaluationAccumulator, MetricsReport
+from cellgap.metrics import MetricsReport
 from cellgap.metrics.detection import radius_at
+from cellgap.metrics.evaluate import score_pairs
 
 
 def predicted_maps(model: CellDecoder, batches: StoreBatches) -> Iterator[tuple[int, TileMaps]]:
@@ -29,15 +31,18 @@ def predicted_maps(model: CellDecoder, batches: StoreBatches) -> Iterator[tuple[
 def score_maps(tiles: Iterable[tuple[int, TileMaps]], store: FeatureStore, postprocess: PostprocessConfig,
                n_classes: int) -> MetricsReport:
     """Post-process each tile's maps exactly as prediction does and score them against the store's labels."""
-    accumulator = EvaluationAccumulator(n_classes=n_classes or None, class_names=store.class_names,
-                                        radius=radius_at(store.magnification))
     typed = n_classes > 0
-    for index, maps in tiles:
-        truth, truth_classes = (part[0] for part in store.read_labels(np.array([index])))
-        found = instances_of(maps, postprocess)
-        accumulator.add(truth, found.labels, truth_classes if typed else None,
-                        found.class_map() if typed else None, tissue=store.tissues[index], name=store.names[index])
-    return accumulator.reduce()
+
+    def pairs() -> Iterator[tuple[LabelledImage, LabelledImage]]:
+        for index, maps in tiles:
+            truth, truth_classes = (part[0] for part in store.read_labels(np.array([index])))
+            found = instances_of(maps, postprocess)
+            name, tissue = store.names[index], store.tissues[index]
+            yield (LabelledImage(name, truth, truth_classes if typed else None, tissue),
+                   LabelledImage(name, found.labels, found.class_map() if typed else None, tissue))
+
+    return score_pairs(pairs(), class_names=store.class_names, n_classes=n_classes or None,
+                       radius=radius_at(store.magnification))
 
 
 def evaluate_split(model: CellDecoder, batches: StoreBatches, store: FeatureStore,
