@@ -43,18 +43,16 @@ def directional_kernels(size: int = 5) -> np.ndarray:
 
 
 def footprint(shape: FootprintShape, radius: int) -> np.ndarray:
-    """(2r+1, 2r+1) bool structuring element: a Euclidean disk (x^2 + y^2 <= r^2) or a square.
+    """(2r+1, 2r+1) bool structuring element: skimage's Euclidean disk (x^2 + y^2 <= r^2; disk(2) is the
+    5x5 diamond of cisca.md) or its square."""
+    from skimage.morphology import disk, footprint_rectangle
 
-    Written here rather than taken from skimage, whose footprint helpers are being renamed across
-    releases; `disk` equals `skimage.morphology.disk` (disk(2) is the 5x5 diamond of cisca.md).
-    """
     if radius < 0:
         raise ValueError(f"footprint radius must be >= 0, got {radius}")
     if shape == "square":
-        return np.ones((2 * radius + 1, 2 * radius + 1), dtype=bool)
+        return footprint_rectangle((2 * radius + 1, 2 * radius + 1)).astype(bool)
     if shape == "disk":
-        y, x = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-        return (x * x + y * y) <= radius * radius
+        return disk(radius).astype(bool)
     raise ValueError(f"unknown footprint shape {shape!r}; expected 'disk' or 'square'")
 
 

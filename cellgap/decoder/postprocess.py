@@ -8,6 +8,7 @@ one CPU core, well below the decoder's forward pass.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,8 +16,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import ndimage as ndi
 from skimage.measure import label as label_components
-from skimage.morphology import skeletonize
-from skimage.segmentation import watershed
+from skimage.morphology import remove_small_holes, remove_small_objects, skeletonize
+from skimage.segmentation import relabel_sequential, watershed
 
 from cellgap.decoder.kernels import FootprintShape, directional_kernels, footprint, magnification_defaults
 
@@ -139,11 +140,8 @@ def postprocess(
     markers = _markers(body, config)  # 8
 
     mask = p_foreground > p_background  # 9
-    if config.max_fill_hole > 0:
-        holes, n = ndi.label(~mask)
-        small = np.bincount(holes.ravel(), minlength=n + 1) < config.max_fill_hole
-        small[0] = False
-        mask |= small[holes]
+    if config.max_fill_hole > 1:  # holes (4-connected background) under max_fill_hole px become cell
+        mask = remove_small_holes(mask, max_size=config.max_fill_hole - 1, connectivity=1)
     se = footprint(config.mask_se, 1)
     mask = ndi.binary_dilation(ndi.binary_erosion(mask, se, border_value=1), se)
 
@@ -244,9 +242,7 @@ def _markers(body: np.ndarray, config: PostprocessConfig) -> np.ndarray:
     else:
         markers = ndi.label(seeds, structure=_EIGHT)[0]
     if config.min_residue > 1:
-        small = np.bincount(markers.ravel()) < config.min_residue
-        small[0] = False
-        markers[small[markers]] = 0
+        markers = _without_small_labels(markers, config.min_residue)
     return markers.astype(np.int32, copy=False)
 
 
@@ -254,27 +250,23 @@ def _drop_small_pieces(mask: np.ndarray, min_size: float) -> np.ndarray:
     """`mask` without its 4-connected pieces smaller than `min_size` px."""
     if min_size <= 1 or not mask.any():
         return mask
-    pieces, n = ndi.label(mask)
-    small = np.bincount(pieces.ravel(), minlength=n + 1) < min_size
+    return remove_small_objects(mask, max_size=math.ceil(min_size) - 1, connectivity=1)
+
+
+def _without_small_labels(labels: np.ndarray, min_size: float) -> np.ndarray:
+    """Labels with fewer than `min_size` pixels set to 0 (a labelled map: skimage would warn on one label)."""
+    small = np.bincount(labels.ravel()) < min_size
     small[0] = False
-    return mask & ~small[pieces]
+    return np.where(small[labels], 0, labels)
 
 
 def _remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Drop connected pieces and whole labels under `min_size` px, then renumber 1..n."""
     if min_size > 1:
         pieces = label_components(labels, background=0, connectivity=2)  # pieces of equal-id pixels
-        small = np.bincount(pieces.ravel()) < min_size
-        small[0] = False
-        labels = np.where(small[pieces], 0, labels)
-        small = np.bincount(labels.ravel()) < min_size
-        small[0] = False
-        labels[small[labels]] = 0
-    present = np.bincount(labels.ravel()) > 0
-    present[0] = False
-    lookup = np.zeros(present.shape[0], dtype=np.int32)
-    lookup[present] = np.arange(1, int(present.sum()) + 1, dtype=np.int32)
-    return lookup[labels]
+        labels = np.where(_without_small_labels(pieces, min_size) > 0, labels, 0)
+        labels = _without_small_labels(labels, min_size)
+    return relabel_sequential(labels)[0].astype(np.int32, copy=False)
 
 
 def _blur3(image: np.ndarray) -> np.ndarray:
