@@ -19,7 +19,8 @@ import torch
 
 from cellgap.core.benchtools import report_rows
 from cellgap.decoder.inference import TileMaps, forward_probabilities, instances_of, postprocess_preset, split_tiles
-from cellgap.decoder.losses import CiscaLoss, LossWeights
+from cellgap.decoder.losses import CiscaLoss
+from cellgap.decoder.lossweights import LossWeights
 from cellgap.decoder.networks import CellDecoder, DecoderConfig, network_spec, on_device
 from cellgap.decoder.targets import one_hot
 from cellgap.decoder.targets_cache import TargetCache, target_config_for

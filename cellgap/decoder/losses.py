@@ -8,23 +8,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
 from cellgap.decoder.kernels import directional_kernels
+from cellgap.decoder.lossweights import LossWeights
 
 EPSILON = 1e-6
-
-
-class LossWeights(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    cce: float = Field(2.0, ge=0)
-    dice_boundary: float = Field(1.0, ge=0)
-    dice_body: float = Field(2.0, ge=0)
-    celltype: float = Field(5.0, ge=0)
-    mae: float = Field(2.0, ge=0)
-    msge: float = Field(2.0, ge=0)
-    tversky_alpha: float = Field(0.7, gt=0, lt=1)
 
 
 def dice(probability: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

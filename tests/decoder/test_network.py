@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cellgap.decoder.losses import CiscaLoss, LossWeights
+from cellgap.decoder.losses import CiscaLoss
+from cellgap.decoder.lossweights import LossWeights
 from cellgap.decoder.networks import CellDecoder, DecoderConfig, count_parameters, flops_per_tile, network_spec
 from cellgap.featurestore.store import open_store
 

@@ -8,7 +8,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cellgap.decoder.errors import DecoderError
-from cellgap.decoder.losses import LossWeights
+from cellgap.decoder.lossweights import LossWeights
 from cellgap.decoder.postprocess import PresetName
 
 
