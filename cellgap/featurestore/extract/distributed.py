@@ -10,30 +10,51 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from distributed import WorkerPlugin
+
 from cellgap.featurestore.errors import ManifestMismatchError, StoreError
 from cellgap.featurestore.extract.config import ExtractConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_CACHE = "_cellgap_cache"  # the attribute of a dask worker that holds what `_on_worker` built
+PLUGIN_NAME = "cellgap-extraction"
+
+
+class ExtractionWorker(WorkerPlugin):
+    """Each worker's side of an extraction, installed by dask on every worker (and on workers that join
+    later): the allocator setting the `cellgap` command would apply, and what tasks built (the data set,
+    the encoder), kept across shard tasks because a data set scan or an encoder load can cost more than
+    a shard."""
+
+    idempotent = True  # a second job on a long-lived cluster keeps the workers' encoders
+
+    def __init__(self) -> None:
+        self.built: dict[str, tuple[str, Any]] = {}
+
+    def setup(self, worker: Any) -> None:
+        from cellgap.core.allocator import keep_freed_memory
+
+        keep_freed_memory()
+
+    def teardown(self, worker: Any) -> None:
+        self.built.clear()
+
+    def get(self, name: str, key: str, build: Callable[[], T]) -> T:
+        """What was built for `name` with these settings (`key`); other settings replace it."""
+        if name not in self.built or self.built[name][0] != key:
+            self.built[name] = (key, build())
+        return self.built[name][1]
 
 
 def _on_worker(name: str, key: str, build: Callable[[], T]) -> T:
-    """What this worker process built for these settings: built once per worker, not once per shard task
-    (a data set scan or an encoder load can cost more than a shard); other settings replace it."""
+    """The calling worker's `ExtractionWorker.get`."""
     from distributed import get_worker
 
-    worker = get_worker()
-    cache: dict[str, tuple[str, Any]] | None = getattr(worker, _CACHE, None)
-    if cache is None:
-        from cellgap.core.allocator import keep_freed_memory
-
-        keep_freed_memory()  # a worker process is started by dask, not by the cellgap command that sets this
-        cache = {}
-        setattr(worker, _CACHE, cache)  # dask's Worker has no such attribute of its own
-    if name not in cache or cache[name][0] != key:
-        cache[name] = (key, build())
-    return cache[name][1]
+    plugin = get_worker().plugins.get(PLUGIN_NAME)
+    if not isinstance(plugin, ExtractionWorker):
+        raise StoreError(f"dask worker {get_worker().address} has no {PLUGIN_NAME} plugin: "
+                         "extraction tasks are submitted by `cellgap extract` only")
+    return plugin.get(name, key, build)
 
 
 def extract_task(config: ExtractConfig, shards: list[int], manifest_sha: str, n_workers: int) -> int:
@@ -81,6 +102,7 @@ def run_on_dask(config: ExtractConfig, shards: Sequence[int], manifest_sha: str,
 
     client, cluster = _client(config)
     try:
+        client.register_plugin(ExtractionWorker(), name=PLUGIN_NAME)
         n_workers = max(1, len(client.nthreads()))
         task_config = config.model_copy(update={"progress": False})
         futures = [client.submit(extract_task, task_config, [shard], manifest_sha,
