@@ -324,3 +324,18 @@ def test_batch_read_checks_tile_size(tmp_path, tiles4):
     assert read_tiles(folder, 0, 2, 256).images.shape == (2, 256, 256, 3)
     with pytest.raises(DatasetError, match=r"image is \(256, 256, 3\), expected \(128, 128, 3\)"):
         read_tiles(folder, 0, 2, 128)
+
+
+@pytest.mark.parametrize("kind", ["conic", "pannuke", "folder"])
+def test_tile_metadata_is_listed_once_per_reader(tmp_path, tiles4, monkeypatch, kind):
+    from cellgap.featurestore.datasets.base import MetasOnce
+
+    root = {"conic": write_conic, "pannuke": write_pannuke, "folder": write_folder}[kind](tmp_path / kind, tiles4)
+    dataset = open_dataset(f"{kind}:{root}")
+    assert isinstance(dataset, MetasOnce)
+    listed = []
+    original = type(dataset).list_metas
+    monkeypatch.setattr(type(dataset), "list_metas", lambda self: listed.append(1) or original(self))
+    names = [meta.name for meta in dataset.metas()]
+    assert [dataset[i].meta.name for i in range(len(dataset))] == names and dataset.metas() is dataset.metas()
+    assert listed == [1]

@@ -75,6 +75,20 @@ class DatasetInfo:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+class MetasOnce:
+    """A reader whose tile metadata is listed once and then shared by `metas()` and its tiles; readers
+    write `list_metas()`."""
+
+    def list_metas(self) -> list[TileMeta]:
+        raise NotImplementedError
+
+    def metas(self) -> list[TileMeta]:
+        listed: list[TileMeta] | None = self.__dict__.get("_metas")
+        if listed is None:
+            listed = self.__dict__["_metas"] = self.list_metas()
+        return listed
+
+
 @runtime_checkable
 class TileDataset(Protocol):
     """Random access to a data set's tiles, all of one size."""

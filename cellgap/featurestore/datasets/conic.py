@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellgap.featurestore.datasets.base import DatasetInfo, LabelledImage, Tile, TileBatch, TileMeta
+from cellgap.featurestore.datasets.base import DatasetInfo, LabelledImage, MetasOnce, Tile, TileBatch, TileMeta
 from cellgap.featurestore.datasets.imageio import as_classes, as_instances, to_rgb_uint8
 from cellgap.featurestore.datasets.pannuke import load_npy
 from cellgap.featurestore.datasets.splitfile import read_split_file
@@ -18,7 +18,7 @@ CLASS_NAMES: tuple[str, ...] = ("Neutrophil", "Epithelial", "Lymphocyte", "Plasm
 MAGNIFICATION = 20
 
 
-class CoNICDataset:
+class CoNICDataset(MetasOnce):
     """CoNIC patches. `patch_info.csv` (e.g. `consep_1-0000`) gives source images and cohorts."""
 
     def __init__(self, root: Path, split_seed: int = 0, need_images: bool = True) -> None:
@@ -103,15 +103,12 @@ class CoNICDataset:
     def __len__(self) -> int:
         return int(self._labels.shape[0])
 
-    def metas(self) -> list[TileMeta]:
+    def list_metas(self) -> list[TileMeta]:
         return [
             TileMeta(name=n, source=self._source(n), split=s, tissue=self._cohort(n))
             for n, s in zip(self.names, self._splits)
         ]
 
-    @cached_property
-    def metas_cached(self) -> list[TileMeta]:
-        return self.metas()
 
     def _label_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         what = f"{self.root / 'labels.npy'}[{index}]"
@@ -121,7 +118,7 @@ class CoNICDataset:
     def __getitem__(self, index: int) -> Tile:
         instances, classes = self._label_pair(index)
         image = to_rgb_uint8(np.asarray(self._images[index]), f"{self.root / 'images.npy'}[{index}]")
-        return Tile(image=image, instances=instances, classes=classes, meta=self.metas_cached[index])
+        return Tile(image=image, instances=instances, classes=classes, meta=self.metas()[index])
 
     def read_batch(self, start: int, stop: int) -> TileBatch | None:
         """Tiles start..stop-1 from one slice of each array, checked batch-wide; None for anything this fast

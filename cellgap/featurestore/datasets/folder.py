@@ -16,7 +16,7 @@ from typing import cast
 import numpy as np
 
 from cellgap.core.tiling import crop, tile_origins
-from cellgap.featurestore.datasets.base import DatasetInfo, LabelledImage, Tile, TileMeta
+from cellgap.featurestore.datasets.base import DatasetInfo, LabelledImage, MetasOnce, Tile, TileMeta
 from cellgap.featurestore.datasets.imageio import IMAGE_SUFFIXES, LABEL_SUFFIXES, read_image, read_label
 from cellgap.featurestore.datasets.splitfile import read_split_file
 from cellgap.featurestore.datasets.splits import stratified_group_split
@@ -88,7 +88,7 @@ class FolderLayout:
     magnification: int | None
 
 
-class ImageFolderDataset:
+class ImageFolderDataset(MetasOnce):
     """Tiles cut from a folder of images; labels optional (all images or none)."""
 
     def __init__(self, root: Path, layout: FolderLayout, tile_size: int = 256, split_seed: int = 0) -> None:
@@ -115,7 +115,7 @@ class ImageFolderDataset:
         self.stems = sorted(self.images)
 
     def __getstate__(self) -> dict:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_cache", "metas_cached", "_tiles")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_cache", "_metas", "_tiles")}
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -179,7 +179,7 @@ class ImageFolderDataset:
     def __len__(self) -> int:
         return len(self._tiles)
 
-    def metas(self) -> list[TileMeta]:
+    def list_metas(self) -> list[TileMeta]:
         tiles_per_image = Counter(image_index for image_index, _ in self._tiles)
         metas = []
         for image_index, origin in self._tiles:
@@ -188,9 +188,6 @@ class ImageFolderDataset:
             metas.append(TileMeta(name=name, source=self.images[stem].name, split=self._splits[stem], origin=origin))
         return metas
 
-    @cached_property
-    def metas_cached(self) -> list[TileMeta]:
-        return self.metas()
 
     def read_whole(self, image_index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Image, instances and classes of one source image (consecutive tiles reuse the last read)."""
@@ -222,7 +219,7 @@ class ImageFolderDataset:
             image=tile_image,
             instances=crop(instances, origin, self.tile_size),
             classes=crop(classes, origin, self.tile_size),
-            meta=self.metas_cached[index],
+            meta=self.metas()[index],
         )
 
 

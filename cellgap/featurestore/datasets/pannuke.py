@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellgap.featurestore.datasets.base import DatasetInfo, LabelledImage, Tile, TileMeta
+from cellgap.featurestore.datasets.base import DatasetInfo, LabelledImage, MetasOnce, Tile, TileMeta
 from cellgap.featurestore.datasets.imageio import to_rgb_uint8
 from cellgap.featurestore.datasets.splitfile import read_split_file
 from cellgap.featurestore.datasets.splits import stratified_group_split
@@ -53,7 +53,7 @@ def combine_channels(masks: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarr
     return instances, classes
 
 
-class PanNukeDataset:
+class PanNukeDataset(MetasOnce):
     """A PanNuke fold as tiles. Its split comes from `folds.csv` when present, else seeded by tissue."""
 
     def __init__(self, root: Path, split_seed: int = 0, need_images: bool = True) -> None:
@@ -133,7 +133,7 @@ class PanNukeDataset:
     def __len__(self) -> int:
         return int(self._masks.shape[0])
 
-    def metas(self) -> list[TileMeta]:
+    def list_metas(self) -> list[TileMeta]:
         return [
             TileMeta(name=name, source=f"images.npy[{i}]", split=split, tissue=tissue)
             for i, (name, split, tissue) in enumerate(zip(self.names, self._splits, self.tissues))
@@ -142,11 +142,8 @@ class PanNukeDataset:
     def __getitem__(self, index: int) -> Tile:
         instances, classes = combine_channels(self._masks[index], f"{self.root / 'masks.npy'}[{index}]")
         image = to_rgb_uint8(np.asarray(self._images[index]), f"{self.root / 'images.npy'}[{index}]")
-        return Tile(image=image, instances=instances, classes=classes, meta=self.metas_cached[index])
+        return Tile(image=image, instances=instances, classes=classes, meta=self.metas()[index])
 
-    @cached_property
-    def metas_cached(self) -> list[TileMeta]:
-        return self.metas()
 
     def labelled(self, index: int) -> LabelledImage:
         instances, classes = combine_channels(self._masks[index], f"{self.root / 'masks.npy'}[{index}]")
