@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cellgap.api.errors import NoModelError, ServiceUnavailableError, install_error_handlers
 from cellgap.api.metrics import Metrics, MetricsMiddleware
-from cellgap.api.middleware import BodyLimitMiddleware
+from cellgap.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from cellgap.api.routes import evaluate, health, metrics, models, predict
 from cellgap.api.schemas import EvaluateArrays
 from cellgap.api.service import ModelService, PredictorFactory, load_predictor
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, *, predictor_factory: Predictor
     for module in (health, metrics, models, predict, evaluate):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)  # runs before the body limit and the body
     app.add_middleware(MetricsMiddleware, metrics=registry, routes=app.routes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
+from pydantic import SecretStr
 
 from cellgap.api.errors import NoModelError, ServiceUnavailableError, UnauthorizedError
 from cellgap.api.metrics import Metrics
@@ -42,12 +43,17 @@ MetricsDep = Annotated[Metrics, Depends(metrics_of)]
 ServiceDep = Annotated[ModelService, Depends(ready_service)]
 
 
+UNAUTHORIZED = "missing or wrong API key (send it in the X-API-Key header)"
+
+
+def key_matches(given: str | bytes | None, expected: SecretStr) -> bool:
+    """The sent key against the configured one, in constant time."""
+    sent = given.encode() if isinstance(given, str) else (given or b"")
+    return hmac.compare_digest(sent, expected.get_secret_value().encode())
+
+
 def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]) -> None:
-    """When an API key is configured, the request must carry it (compared in constant time)."""
-    expected = settings.api_key
-    if expected is None:
-        return
-    given = (key or "").encode()
-    if not hmac.compare_digest(given, expected.get_secret_value().encode()):
-        raise UnauthorizedError("missing or wrong API key (send it in the X-API-Key header)",
-                                headers={"WWW-Authenticate": API_KEY_HEADER})
+    """When an API key is configured, the request must carry it (also checked by `ApiKeyMiddleware` before
+    the body is read; declared here so that the OpenAPI document shows the key)."""
+    if settings.api_key is not None and not key_matches(key, settings.api_key):
+        raise UnauthorizedError(UNAUTHORIZED, headers={"WWW-Authenticate": API_KEY_HEADER})

@@ -1,10 +1,32 @@
-"""The request body limit: a declared Content-Length above it is refused before reading, a longer stream mid-way."""
+"""Checks made before a request's body is read: the API key, and the body limit (a declared Content-Length
+above it is refused at once, a longer stream mid-way)."""
 from __future__ import annotations
 
+from pydantic import SecretStr
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cellgap.api.deps import API_KEY_HEADER, UNAUTHORIZED, key_matches
 from cellgap.api.errors import error_response
+
+
+class ApiKeyMiddleware:
+    """Answer 401 to a /v1 request without the right key before any of its body is read: an unauthenticated
+    client cannot make the server receive and parse a large upload."""
+
+    def __init__(self, app: ASGIApp, api_key: SecretStr | None, prefix: str = "/v1") -> None:
+        self.app, self.api_key, self.prefix = app, api_key, prefix
+        self.header = API_KEY_HEADER.lower().encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.api_key is not None and scope["type"] == "http" and scope["path"].startswith(self.prefix):
+            given = next((v for k, v in scope.get("headers", []) if k == self.header), None)
+            if not key_matches(given, self.api_key):
+                response = error_response(401, "unauthorized", UNAUTHORIZED,
+                                          {"WWW-Authenticate": API_KEY_HEADER, "Connection": "close"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class BodyTooLargeError(HTTPException):

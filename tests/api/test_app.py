@@ -121,6 +121,31 @@ def test_api_key_guards_every_v1_route_but_not_health():
         assert client.post("/v1/predict", headers={"X-API-Key": "wrong"}).status_code == 401  # auth before fields
 
 
+def test_a_request_without_the_key_is_refused_before_its_body_is_read():
+    import asyncio
+
+    app = create_app(make_settings(api_key="s3cret"), predictor_factory=lambda _: FakePredictor())
+    reads, sent = [], []
+
+    async def receive():  # a 3 MB upload, within the body limit, that would arrive slowly
+        reads.append(1)
+        return {"type": "http.request", "body": b"x" * 1024, "more_body": len(reads) < 3000}
+
+    async def send(message):
+        sent.append(message)
+
+    for key in (None, b"wrong"):
+        reads.clear()
+        sent.clear()
+        headers = [(b"content-type", b"multipart/form-data; boundary=x"), (b"content-length", b"3072000")]
+        scope = {"type": "http", "method": "POST", "path": "/v1/predict", "raw_path": b"/v1/predict",
+                 "query_string": b"", "headers": headers + ([(b"x-api-key", key)] if key else []),
+                 "http_version": "1.1", "scheme": "http", "server": ("t", 80), "client": ("c", 1), "root_path": ""}
+        asyncio.run(app(scope, receive, send))
+        assert sent[0]["status"] == 401 and reads == []  # answered without reading a byte of the body
+        assert json.loads(sent[1]["body"])["error"] == "unauthorized"
+
+
 BAD_UPLOADS = [
     ("not an image", _file(b"plain text, not pixels", "a.txt"), 415, "not_an_image"),
     ("empty file", _file(b"", "e.png"), 422, "empty"),
