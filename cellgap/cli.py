@@ -50,7 +50,8 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--malloc", choices=("keep", "system"), default="keep",
                         help="keep: large blocks stay in the heap (up to 2x faster CPU forward passes, "
-                             "see cellgap/core/allocator.py); system: glibc's defaults")
+                             "see cellgap/core/allocator.py); system: glibc's defaults. `serve` always uses "
+                             "glibc's, so that memory goes back after a burst of large uploads")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         for noisy in ("distributed", "tornado", "asyncio", "httpx", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.malloc == "keep":
+    if args.malloc == "keep" and args.command != "serve":  # a server hands memory back after a burst
         keep_freed_memory()
     if args.command in MODEL_COMMANDS:  # before anything imports torch
         plan = plan_threads(busy=None if "OMP_NUM_THREADS" in os.environ else busy_cores())

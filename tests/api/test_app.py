@@ -366,3 +366,43 @@ def test_a_non_finite_score_is_sent_as_null_not_as_zero():
                                counts={"inflammatory": 2}, cells=cells)
     sent = json.loads(_finite(response).model_dump_json())
     assert [(c["score"], c["class_confidence"]) for c in sent["cells"]] == [(None, None), (0.93, 0.88)]
+
+
+def test_uploads_beyond_the_decoding_slots_are_refused_before_they_are_decoded(monkeypatch):
+    import asyncio
+    import threading
+    import time
+
+    import httpx
+
+    from cellgap.api.routes import predict as predict_route
+
+    real, active, most = predict_route.decode_image, [0], [0]
+    lock = threading.Lock()
+
+    def slow_decode(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.3)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(predict_route, "decode_image", slow_decode)
+    app = create_app(make_settings(max_decoding=1), predictor_factory=lambda _: FakePredictor())
+    tile = png_bytes(blob_tile())
+
+    async def burst() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await asyncio.gather(*(client.post("/v1/predict", files=_file(tile)) for _ in range(4)))
+
+    with TestClient(app):  # runs the lifespan: the model loads
+        answers = asyncio.run(burst())
+    codes = sorted(answer.status_code for answer in answers)
+    assert most[0] == 1 and codes[0] == 200 and codes[-1] == 503, codes
+    refused = next(answer for answer in answers if answer.status_code == 503)
+    assert refused.json()["error"] == "busy" and refused.headers["retry-after"]

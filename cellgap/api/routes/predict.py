@@ -85,7 +85,8 @@ def _finite(response: PredictResponse) -> PredictResponse:
 
 async def _decode(upload: UploadFile, field: str, service: ModelService, settings: Settings) -> np.ndarray:
     data = await read_upload(upload, field, settings)
-    return await run_in_threadpool(decode_image, data, _limits(settings, service), describe_upload(upload, field))
+    with service.decode_slot():  # a 503 when too many are being decoded, before this one is
+        return await run_in_threadpool(decode_image, data, _limits(settings, service), describe_upload(upload, field))
 
 
 async def _cells(image: np.ndarray, instances: Instances, name: str, service: ModelService,
