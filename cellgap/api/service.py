@@ -6,10 +6,11 @@ thread, so only one thread ever touches the model.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import numpy as np
@@ -78,7 +79,7 @@ class ModelService:
         self.tile_size = int(predictor.tile_size)
         self.model_id = str(predictor.model_id)
         self._description: dict[str, Any] | None = None
-        self._decoding = 0  # images being decoded now; touched on the event loop only
+        self._decode_slots = asyncio.Semaphore(settings.max_decoding)
         self.batcher: DynamicBatcher[np.ndarray, Instances] = DynamicBatcher(
             self._run, max_batch=settings.batch_size, max_wait_s=settings.batch_wait_ms / 1000.0,
             max_queue=settings.queue_size, name="cellgap-model", wait="adaptive",
@@ -127,21 +128,13 @@ class ModelService:
         height, width = image.shape[:2]
         return max(1, math.ceil(height * width / self.tile_size**2))
 
-    @contextmanager
-    def decode_slot(self) -> Iterator[None]:
-        """Room to decode one upload, or a 503 to retry: a decoded image can take hundreds of MB (a
-        4096x4096 PNG of 49 KB is 50 MB of pixels and more while it is converted), so only
-        `max_decoding` are decoded at a time and the rest are refused before they are decoded."""
-        if self._decoding >= self.settings.max_decoding:
-            self.metrics.rejected.inc()
-            raise ServiceUnavailableError(f"{self._decoding} uploads are being decoded (at most "
-                                          f"{self.settings.max_decoding} at a time): retry later", code="busy",
-                                          retry_after_s=self.settings.retry_after_s)
-        self._decoding += 1
-        try:
+    @asynccontextmanager
+    async def decode_slot(self) -> AsyncIterator[None]:
+        """Room to decode one upload: a decoded image can take hundreds of MB (a 4096x4096 PNG of 49 KB
+        is 50 MB of pixels, more while it is converted), so at most `max_decoding` are decoded at a time
+        and the others wait their turn holding only their compressed bytes (the body limit bounds those)."""
+        async with self._decode_slots:
             yield
-        finally:
-            self._decoding -= 1
 
     def announce(self, count: int = 1) -> Announcement:
         """Tell the batcher that `count` images are being uploaded and decoded (a `with` block)."""

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(10.0, ge=0.0, le=1000.0,
                                  description="longest wait for requests already arriving to join a batch")
     max_decoding: int = Field(2, ge=1, le=64, description=(
-        "uploads decoded at the same time; more are refused with 503 before decoding (decoded images are large)"))
+        "uploads decoded at the same time; the others wait, holding only their compressed bytes"))
     queue_size: int = Field(256, ge=1, description="image area (in tiles) waiting for the model; beyond it 503")
     predict_timeout_s: float = Field(300.0, gt=0.0, description="longest wait for one prediction (503 after)")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503 answers")

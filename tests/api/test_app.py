@@ -368,7 +368,7 @@ def test_a_non_finite_score_is_sent_as_null_not_as_zero():
     assert [(c["score"], c["class_confidence"]) for c in sent["cells"]] == [(None, None), (0.93, 0.88)]
 
 
-def test_uploads_beyond_the_decoding_slots_are_refused_before_they_are_decoded(monkeypatch):
+def test_uploads_beyond_the_decoding_slots_wait_their_turn_instead_of_all_decoding_at_once(monkeypatch):
     import asyncio
     import threading
     import time
@@ -402,7 +402,5 @@ def test_uploads_beyond_the_decoding_slots_are_refused_before_they_are_decoded(m
 
     with TestClient(app):  # runs the lifespan: the model loads
         answers = asyncio.run(burst())
-    codes = sorted(answer.status_code for answer in answers)
-    assert most[0] == 1 and codes[0] == 200 and codes[-1] == 503, codes
-    refused = next(answer for answer in answers if answer.status_code == 503)
-    assert refused.json()["error"] == "busy" and refused.headers["retry-after"]
+    assert [answer.status_code for answer in answers] == [200] * 4
+    assert most[0] == 1  # four concurrent uploads, never two decoded at once

@@ -85,7 +85,7 @@ def _finite(response: PredictResponse) -> PredictResponse:
 
 async def _decode(upload: UploadFile, field: str, service: ModelService, settings: Settings) -> np.ndarray:
     data = await read_upload(upload, field, settings)
-    with service.decode_slot():  # a 503 when too many are being decoded, before this one is
+    async with service.decode_slot():  # at most max_decoding images decoded at once
         return await run_in_threadpool(decode_image, data, _limits(settings, service), describe_upload(upload, field))
 
 
