@@ -59,12 +59,16 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def unit_interval(text: str) -> float:
-    """Parse a number in [0, 1] (a probability or a score threshold)."""
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def unit_interval(text: str) -> float:
+    """Parse a number in [0, 1] (a probability or a score threshold)."""
+    value = _number(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
     return value
@@ -72,10 +76,7 @@ def unit_interval(text: str) -> float:
 
 def positive_float(text: str) -> float:
     """Parse a finite number that must be above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = _number(text)
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
