@@ -133,21 +133,6 @@ def cells_of(instances: Instances, class_names: tuple[str, ...]) -> list[Cell]:
     return cells
 
 
-def outline(mask: np.ndarray, origin: tuple[int, int] = (0, 0)) -> list[list[float]]:
-    """Closed pixel-edge ring [[x, y], ...] around a (h,w) bool mask, offset by origin (x, y).
-
-    The outer boundary of the largest 4-connected piece with its holes filled: a simple ring
-    (filling background not 4-connected to the outside also removes corner-only pinches). It starts
-    at the top-left corner, keeps only the corners, and has a positive shoelace area in (x, y),
-    the order RFC 7946 asks of exterior rings. Empty mask: empty list.
-    """
-    pieces, n = ndi.label(_padded(mask), structure=_FOUR)
-    if n == 0:
-        return []
-    grid = pieces == _largest_first(pieces, n)[0]
-    return _ring(_filled(grid), origin)
-
-
 def shapes(mask: np.ndarray, origin: tuple[int, int] = (0, 0)) -> list[list[list[list[float]]]]:
     """Every 4-connected piece of a mask as a polygon, largest first: [exterior ring, hole rings...].
 
@@ -218,15 +203,6 @@ def _ring(grid: np.ndarray, origin: tuple[int, int]) -> list[list[float]]:
     y = y[corner] + (origin[1] - 1)
     polygon = np.stack([x, y], axis=1).astype(float).tolist()
     return polygon + [list(polygon[0])]
-
-
-def polygon_area(polygon: Sequence[Sequence[float]]) -> float:
-    """Signed shoelace area of a closed ring (positive for the rings `outline` writes)."""
-    ring = np.asarray(polygon, dtype=float).reshape(-1, 2)
-    if len(ring) < 4:
-        return 0.0
-    x, y = ring[:-1, 0], ring[:-1, 1]
-    return float(0.5 * (np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)))
 
 
 def to_geojson(cells: list[Cell], *, image_name: str = "",

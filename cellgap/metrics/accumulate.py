@@ -60,11 +60,6 @@ class EvaluationAccumulator:
                                   f"but there are only {self.n_classes} classes")
         self._images.append(stats)
 
-    def merge(self, other: EvaluationAccumulator) -> None:
-        """Take over another accumulator's images (e.g. from a parallel worker), in its order."""
-        for stats in other.images:
-            self.add_stats(stats)
-
     def reduce(self) -> MetricsReport:
         """All metrics of the images added so far."""
         return reduce_stats(self._images, n_classes=self.n_classes, class_names=self.class_names,

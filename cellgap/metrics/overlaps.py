@@ -6,7 +6,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from cellgap.metrics.errors import EvaluationError
-from cellgap.metrics.runs import compress
 
 # A dense bincount table is used while it has at most this many cells (or 4 per element, if more).
 _DENSE_CELLS = 1 << 22
@@ -65,16 +64,6 @@ def relabel_values(values: np.ndarray) -> Relabelled:
     if ids[0] != 0:
         return Relabelled(labels + 1, ids)
     return Relabelled(labels, ids[1:])
-
-
-def relabel(instances: np.ndarray) -> Relabelled:
-    """Renumber a whole (H, W) map; `labels` is then per pixel (H*W,). Needs no background pixel."""
-    instances = np.asarray(instances)
-    if instances.ndim != 2:
-        raise EvaluationError(f"expected a 2-D (H, W) instance map, got shape {instances.shape}")
-    runs = compress(instances)
-    per_run = relabel_values(runs.sample(instances))
-    return Relabelled(np.repeat(per_run.labels, runs.lengths.astype(np.intp)), per_run.ids)
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,7 @@ from cellgap.decoder.outputs import (
     class_color,
     class_counts,
     legend_image,
-    outline,
     overlay,
-    polygon_area,
     shapes,
     to_geojson,
     write_class_names,
@@ -49,6 +47,20 @@ def tile_instances(seed: int, n_classes: int = 3):
     objects = ndi.find_objects(tile.instances)
     classes = [int(tile.classes[box][tile.instances[box] == i + 1][0]) for i, box in enumerate(objects)]
     return tile, instances_of(tile.instances, classes[:n])
+
+
+def outline(mask, origin=(0, 0)):
+    """The outer ring of the largest piece, holes filled (what `Cell.polygon` is)."""
+    return shapes(mask, origin)[0][0] if np.asarray(mask).any() else []
+
+
+def polygon_area(polygon) -> float:
+    """Signed shoelace area of a closed ring (positive for exterior rings, negative for holes)."""
+    ring = np.asarray(polygon, dtype=float).reshape(-1, 2)
+    if len(ring) < 4:
+        return 0.0
+    x, y = ring[:-1, 0], ring[:-1, 1]
+    return float(0.5 * (np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)))
 
 
 def rasterise(polygon, shape) -> np.ndarray:
