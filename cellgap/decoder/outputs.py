@@ -217,19 +217,31 @@ def to_geojson(cells: list[Cell], *, image_name: str = "",
     for cell in cells:
         color = (class_colors or {}).get(cell.class_id) or class_color(cell.class_id)
         measurements = {"score": cell.score, "class_confidence": cell.class_confidence, "area": float(cell.area)}
-        features.append({
-            "type": "Feature",
-            "id": str(uuid.uuid5(_UUID_NAMESPACE, f"{image_name}#{cell.id}")),
-            "geometry": ({"type": "Polygon", "coordinates": cell.shapes[0]} if len(cell.shapes) == 1
-                         else {"type": "MultiPolygon", "coordinates": cell.shapes}),
-            "properties": {
-                "objectType": "detection",
-                "classification": {"name": cell.class_name, "color": [int(c) for c in color]},
-                "measurements": {k: float(v) for k, v in measurements.items() if math.isfinite(v)},
-                "isLocked": False,
-            },
-        })
+        features.append(detection_feature(feature_id(image_name, cell.id), cell.shapes, cell.class_name, color,
+                                          measurements))
     return {"type": "FeatureCollection", "features": features}
+
+
+def feature_id(image_name: str, cell_id: int | str) -> str:
+    """The stable uuid5 of a cell of an image (the same on every run that finds it)."""
+    return str(uuid.uuid5(_UUID_NAMESPACE, f"{image_name}#{cell_id}"))
+
+
+def detection_feature(identifier: str, cell_shapes: list[list[list[list[float]]]], name: str, color: RGB,
+                      measurements: Mapping[str, float]) -> dict:
+    """One QuPath detection: the cell's whole shape, its class and colour, its finite measurements."""
+    return {
+        "type": "Feature",
+        "id": identifier,
+        "geometry": ({"type": "Polygon", "coordinates": cell_shapes[0]} if len(cell_shapes) == 1
+                     else {"type": "MultiPolygon", "coordinates": cell_shapes}),
+        "properties": {
+            "objectType": "detection",
+            "classification": {"name": name, "color": [int(c) for c in color]},
+            "measurements": {k: float(v) for k, v in measurements.items() if math.isfinite(v)},
+            "isLocked": False,
+        },
+    }
 
 
 def overlay(image: np.ndarray, instances: Instances, class_names: tuple[str, ...],

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cellgap.core.stages import StageClock, measured
 from cellgap.decoder.checkpoint import BEST, Checkpoint, load_checkpoint
 from cellgap.decoder.errors import CheckpointError, PredictionError
 from cellgap.decoder.inference import TileMaps, forward_probabilities, instances_of, split_tiles
@@ -105,16 +106,18 @@ class Predictor:
         """Maps of tiles whose features are already computed (B,C,h,w per layer; images (B,3,T,T) in [0,1])."""
         return split_tiles(forward_probabilities(self.checkpoint.model, features, images))
 
-    def maps_of_tiles(self, tiles: np.ndarray) -> list[TileMaps]:
-        """Maps of (B,T,T,3) uint8 tiles: encoder, then decoder."""
+    def maps_of_tiles(self, tiles: np.ndarray, clock: StageClock | None = None) -> list[TileMaps]:
+        """Maps of (B,T,T,3) uint8 tiles: encoder, then decoder (each timed on `clock` when given)."""
         if self.encoder is None:
             raise PredictionError("this predictor was loaded without its encoder; it can only use stored features")
-        batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
-        features = self.encoder(batch)
-        order = [layer.name for layer in self.encoder.description.layers]
-        features = [features[order.index(name)] for name in self.checkpoint.layer_names]
-        images = batch.permute(0, 3, 1, 2).float().div_(255.0)
-        return self.maps_from_features(features, images)
+        with measured(clock, "encode"):
+            batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
+            features = self.encoder(batch)
+            order = [layer.name for layer in self.encoder.description.layers]
+            features = [features[order.index(name)] for name in self.checkpoint.layer_names]
+        with measured(clock, "decode"):
+            images = batch.permute(0, 3, 1, 2).float().div_(255.0)
+            return self.maps_from_features(features, images)
 
     def predict_batch(self, images: list[np.ndarray]) -> list[Instances]:
         """Instances of tiles of exactly tile_size x tile_size, run together on the model."""
@@ -135,16 +138,24 @@ class Predictor:
 
     def predict_image(self, image: np.ndarray, batch_size: int = 8) -> Instances:
         """Instances of an image of any size (sliding windows when larger than a tile, padding when smaller)."""
+        return instances_of(self.maps_of_image(image, batch_size), self.checkpoint.postprocess)
+
+    def maps_of_image(self, image: np.ndarray, batch_size: int = 8, clock: StageClock | None = None) -> TileMaps:
+        """Full-image maps of an image of any size, before post-processing."""
         check_image(image)
         padded, (height, width) = pad_to_tile(image, self.tile_size)
+
+        def windows(tiles: np.ndarray) -> list[TileMaps]:
+            return self.maps_of_tiles(tiles, clock)
+
         if padded.shape[:2] == (self.tile_size, self.tile_size):
-            maps = self.maps_of_tiles(padded[None])[0]
+            maps = windows(padded[None])[0]
         else:
-            maps = blend_windows(padded, self.tile_size, self.maps_of_tiles, batch_size=batch_size)
+            maps = blend_windows(padded, self.tile_size, windows, batch_size=batch_size)
         if (height, width) != padded.shape[:2]:
             maps = TileMaps(maps.sm1[:, :height, :width], maps.ddm[:, :height, :width],
                             None if maps.classes is None else maps.classes[:, :height, :width])
-        return instances_of(maps, self.checkpoint.postprocess)
+        return maps
 
 
 def check_run_dir(run_dir: Path) -> Path:
