@@ -4,7 +4,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cellgap.core.clitools import add_device_option, add_model_flags, model_overrides, positive_int, unit_interval
+from cellgap.core.clitools import (
+    add_device_option,
+    add_model_flags,
+    at_least,
+    model_overrides,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
 
 # TrainConfig fields that are flags of `train` (the loss weights are set in the YAML config)
 TRAIN_FLAGS: tuple[str, ...] = (
@@ -48,11 +56,15 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _register_predict(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("predict", help="predict cells with a trained run (store split or image files)")
+    parser = commands.add_parser("predict", help="predict cells with a trained run (store split, image files or "
+                                                 "whole-slide images)")
     parser.add_argument("--run", type=Path, required=True, help="run directory from `cellgap train`")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--store", help="predict from stored features (no encoder run)")
     source.add_argument("--images", type=Path, help="image file or folder; encoded on the fly, any size")
+    source.add_argument("--slides", type=Path, nargs="+", metavar="PATH",
+                        help="whole-slide images (OpenSlide formats, pyramidal TIFF / OME-TIFF): every nucleus over "
+                             "the tissue, as SLIDE.geojson.gz (QuPath detections), SLIDE.cells.csv and thumbnails")
     parser.add_argument("--split", default="test", choices=("train", "valid", "test", "all"),
                         help="split of --store to predict (default test)")
     parser.add_argument("--out", type=Path, required=True, help="prediction folder")
@@ -62,13 +74,34 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-score", type=unit_interval, default=0.0, metavar="S",
                         help="leave out cells whose detection score (mean foreground probability) is below S "
                              "(default 0: keep every cell post-processing finds)")
+    slides = parser.add_argument_group("whole-slide images (--slides)")
+    slides.add_argument("--mpp", type=positive_float, help="microns per pixel at full resolution, over what the "
+                                                           "slides record (needed when they record none)")
+    slides.add_argument("--roi", type=_roi, metavar="X,Y,W,H", help="only this box, in full-resolution pixels")
+    slides.add_argument("--region-size", type=at_least(64), default=1024, metavar="PX",
+                        help="side of the regions a slide is predicted in, at the model's resolution (default 1024)")
+    slides.add_argument("--labels", action="store_true",
+                        help="also write SLIDE.labels.zarr, the instance labels at full resolution (ids as in the CSV)")
+    slides.add_argument("--no-tissue", action="store_true", help="predict everywhere, not only over detected tissue")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_predict)
+
+
+def _roi(text: str) -> tuple[int, int, int, int]:
+    from cellgap.featurestore.slides.grid import Roi
+
+    try:
+        roi = Roi.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return roi.x, roi.y, roi.width, roi.height
 
 
 def _predict(args: argparse.Namespace) -> int:
     from cellgap.decoder.predict import predict_images, predict_store
 
+    if args.slides:
+        return _predict_slides(args)
     if args.store:
         split = None if args.split == "all" else args.split
         summary = predict_store(args.run, args.store, split, args.out, device=args.device, batch_size=args.batch_size,
@@ -81,6 +114,19 @@ def _predict(args: argparse.Namespace) -> int:
     for line in summary.lines():
         print(line)
     print(f"score it: cellgap evaluate --gt {gt} --pred folder:{args.out}")
+    return 0
+
+
+def _predict_slides(args: argparse.Namespace) -> int:
+    from cellgap.decoder.slides import SlideSettings, predict_slides
+
+    settings = SlideSettings(region_size=args.region_size, mpp=args.mpp, roi=args.roi, tissue=not args.no_tissue,
+                             labels=args.labels, min_score=args.min_score, batch_size=args.batch_size)
+    summaries = predict_slides(args.run, list(args.slides), args.out, settings, device=args.device,
+                               weights=args.weights, progress=not args.no_progress)
+    for summary in summaries:
+        print(summary.line())
+    print(f"{args.out}: open SLIDE.geojson.gz in QuPath (File > Import objects) over the slide")
     return 0
 
 
