@@ -146,7 +146,7 @@ class Predictor:
         padded, (height, width) = pad_to_tile(image, self.tile_size)
 
         def windows(tiles: np.ndarray) -> list[TileMaps]:
-            return self.maps_of_tiles(tiles, clock)
+            return self.maps_of_tiles(tiles, clock=clock)
 
         if padded.shape[:2] == (self.tile_size, self.tile_size):
             maps = windows(padded[None])[0]

@@ -61,7 +61,7 @@ def test_predict_image_of_600x700_finds_the_cells_of_the_whole_image_once(traine
         return TileMaps(one_hot(targets.sm1, 3), targets.ddm, one_hot(targets.classes, 4))
 
     origins = iter(tile_origins(600, 700, 256, stride=128))
-    predictor.maps_of_tiles = lambda batch: [
+    predictor.maps_of_tiles = lambda batch, clock=None: [
         ideal_maps(field.instances[r:r + 256, c:c + 256], field.classes[r:r + 256, c:c + 256])
         for _, (r, c) in zip(batch, origins)]
     found = predictor.predict_image(field.image)
