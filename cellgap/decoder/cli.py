@@ -149,6 +149,33 @@ def _register_bench(bench: argparse._SubParsersAction) -> None:
     threads.add_argument("--json", type=Path, metavar="OUT", help="also write the table as JSON")
     threads.set_defaults(handler=_bench_threads)
 
+    slides = bench.add_parser("slides", help="whole-slide prediction: nuclei/s, s/mm2 and the time of each stage")
+    slides.add_argument("--run", type=Path, required=True, help="run directory of the model to time")
+    slides.add_argument("--slide", type=Path, help="a slide to time (default: a synthetic one at the run's mpp)")
+    slides.add_argument("--size", type=positive_int, default=4096,
+                        help="side of the synthetic slide in pixels (default 4096)")
+    slides.add_argument("--tissue", type=_tissue_share, default=0.25,
+                        help="tissue share of the synthetic slide, at most 0.78 (default 0.25)")
+    slides.add_argument("--region-size", type=positive_int, default=1024, help="region side in pixels (default 1024)")
+    add_device_option(slides)
+    slides.add_argument("--json", type=Path, metavar="OUT", help="also write the result as JSON")
+    slides.set_defaults(handler=_bench_slides)
+
+
+def _tissue_share(text: str) -> float:
+    """An argparse type: the synthetic slide's tissue is one ellipse, which covers at most pi/4 of it."""
+    value = positive_float(text)
+    if value > 0.78:
+        raise argparse.ArgumentTypeError(f"expected a share of at most 0.78, got {text!r}")
+    return value
+
+
+def _bench_slides(args: argparse.Namespace) -> int:
+    from cellgap.decoder.bench_slides import run_slides_bench
+
+    run_slides_bench(args.run, args.slide, args.size, args.tissue, args.region_size, args.device, args.json)
+    return 0
+
 
 def _bench_threads(args: argparse.Namespace) -> int:
     from cellgap.decoder.bench_threads import run_threads_bench

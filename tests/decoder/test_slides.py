@@ -195,3 +195,37 @@ def test_a_slide_at_twice_the_resolution_is_read_down_to_the_run(tmp_path, findi
 
 def run_mpp_of(run: Path) -> float:
     return run_mpp(Predictor.from_run(run, with_encoder=False).checkpoint.manifest)
+
+
+MEMORY_BOUND_MIB = 3072  # the slide's level 0 alone is 2575 MiB as RGB and 3433 MiB as int32 labels
+
+
+@pytest.mark.slow
+def test_a_30k_slide_is_predicted_within_a_memory_bound(tmp_path, finding_run):
+    """A 30000 x 30000 slide, mostly glass, with its full-resolution label map: the process's peak
+    resident memory stays under MEMORY_BOUND_MIB, so nothing holds the slide or its labels whole."""
+    from cellgap.featurestore.slides.synthetic import write_synthetic_slide
+
+    path = write_synthetic_slide(tmp_path / "big.tif", 30000, 30000, run_mpp_of(finding_run), tissue_fraction=0.002)
+    measure = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
+               "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", measure, CELLGAP, "predict", "--run", str(finding_run), "--slides",
+                           str(path), "--out", str(tmp_path / "out"), "--labels", "--no-progress"],
+                          capture_output=True, text=True, timeout=900)
+    returncode, peak_kib = map(int, done.stdout.split()[-2:])
+    assert returncode == 0, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "big.json").read_text())
+    assert summary["cells"] > 50 and summary["width"] == summary["height"] == 30000
+    assert peak_kib / 1024 < MEMORY_BOUND_MIB, f"peak {peak_kib / 1024:.0f} MiB"
+
+
+def test_bench_slides_times_every_stage_of_a_real_prediction(tmp_path, finding_run):
+    done = run_cli("bench", "slides", "--run", str(finding_run), "--size", "1024", "--tissue", "0.5",
+                   "--region-size", "512", "--json", str(tmp_path / "bench.json"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    [row] = json.loads((tmp_path / "bench.json").read_text())
+    assert row["cells"] > 20 and row["width"] == 1024
+    assert set(row["stage_seconds"]) == {"read", "encode", "decode", "postprocess", "write"}
+    assert all(seconds > 0 for seconds in row["stage_seconds"].values())
+    assert row["s_per_mm2"] == pytest.approx(row["seconds"] / row["tissue_mm2"], rel=0.02)
+    assert "nuclei/s" in done.stdout and "slowest" in done.stdout
