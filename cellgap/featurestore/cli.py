@@ -1,4 +1,4 @@
-"""Commands of the feature store: `extract`, `store info`, `encoders`, and `bench extract`."""
+"""Commands of the feature store: `extract`, `store info`, `store verify`, `encoders`, and `bench extract`."""
 from __future__ import annotations
 
 import argparse
@@ -106,6 +106,31 @@ def _register_store(commands: argparse._SubParsersAction) -> None:
     info.add_argument("store", help="store folder or URL")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=_store_info)
+    verify = sub.add_parser("verify", help="read every chunk and pixel of a store and name the damaged tiles "
+                                           "(exit 1 when any is damaged)")
+    verify.add_argument("store", help="store folder or URL")
+    verify.add_argument("--json", action="store_true", help="print JSON")
+    verify.add_argument("--no-progress", action="store_true", help="no progress bar")
+    verify.set_defaults(handler=_store_verify)
+
+
+def _store_verify(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from cellgap.featurestore.store.reader import open_store
+    from cellgap.featurestore.store.verify import format_report, verify_store
+
+    store = open_store(args.store)
+    report = verify_store(store, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps({**asdict(report), "ok": report.ok, "damaged_tiles": report.damaged_tiles}, indent=2))
+    else:
+        try:
+            names = store.names
+        except Exception:  # noqa: BLE001 (a damaged name array is in the report already)
+            names = None
+        print(format_report(report, names))
+    return 0 if report.ok else 1
 
 
 def _store_info(args: argparse.Namespace) -> int:

@@ -42,7 +42,7 @@ def test_buffer_written_shard_reads_back_in_zarr_python(tmp_path, shard, n):
     buffer = fill_buffer(ShardBuffer(layout, n), [_values(2, shard), _values(n - 2, shard + 7)])
     path = shard_file(tmp_path / "s.zarr", array, shard)
     write_shard_file(path, layout, buffer)
-    assert path.stat().st_size == n * layout.tile_bytes + layout.shard_tiles * 16 + 4  # padding truncated away
+    assert path.stat().st_size == n * layout.raw_chunk_bytes + layout.shard_tiles * 16 + 4  # padding truncated away
     expected = np.concatenate([_values(2, shard), _values(n - 2, shard + 7)])
     reread = zarr.open_array(str(tmp_path / "s.zarr" / "a"), mode="r")
     assert np.array_equal(np.asarray(reread[shard * 4 : shard * 4 + n]), expected)

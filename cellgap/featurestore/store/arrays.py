@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 from cellgap.featurestore.errors import StoreError
 from cellgap.featurestore.store.layout import ArraySpec
@@ -63,6 +63,15 @@ def _numcodecs_config(codec: object, itemsize: int) -> tuple[tuple[str, object],
     return None
 
 
+def tile_codecs(spec: ArraySpec) -> list | None:
+    """Bytes-to-bytes codecs of one array: every tile of a sharded array ends with its own crc32c, so a damaged
+    tile is refused on read (by zarr-python and the direct reader alike), never read as data."""
+    compressors = compressors_for(spec.codec) or []
+    if spec.sharded:
+        compressors.append(Crc32cCodec())
+    return compressors or None
+
+
 def create_array(group: zarr.Group, spec: ArraySpec, shard_tiles: int) -> zarr.Array:
     """Sharded arrays get one inner chunk per tile; small per-tile arrays get one chunk per shard of tiles."""
     n_tiles = spec.shape[0]
@@ -72,9 +81,10 @@ def create_array(group: zarr.Group, spec: ArraySpec, shard_tiles: int) -> zarr.A
         chunks, shards = (1,) + rest, outer
     else:
         chunks, shards = outer, None
+    compressors = tile_codecs(spec)
     return group.create_array(
         spec.path, shape=spec.shape, chunks=chunks, shards=shards, dtype=spec.dtype,
-        compressors=compressors_for(spec.codec), fill_value=0, overwrite=False,
+        compressors=compressors, fill_value=0, overwrite=False,
         # c.3.0.0 beside each other rather than c/3/0/0: no folders to create and fsync per shard
         chunk_key_encoding={"name": "default", "separator": "."},
     )
@@ -117,13 +127,16 @@ def is_raw_chunked(array: zarr.Array) -> bool:
 
 def shard_layout(array: zarr.Array) -> ShardLayout | None:
     """The direct-I/O description of an array made by `create_array` with per-tile inner chunks, else None."""
-    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+    from zarr.codecs import BytesCodec, ShardingCodec
 
     codecs = metadata_v3(array).codecs
     if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
         return None
     sharding = codecs[0]
     inner = list(sharding.codecs)
+    checksummed = bool(inner) and isinstance(inner[-1], Crc32cCodec)
+    if checksummed:
+        inner = inner[:-1]
     if not inner or not isinstance(inner[0], BytesCodec) or len(inner) > 2:
         return None
     compression = None
@@ -140,4 +153,4 @@ def shard_layout(array: zarr.Array) -> ShardLayout | None:
     shards = array.shards
     assert shards is not None  # zarr: a single sharding codec is what gives an array shards
     return ShardLayout(shard_tiles=int(shards[0]), tile_shape=tuple(array.shape[1:]),
-                       dtype=np.dtype(array.dtype), compression=compression)
+                       dtype=np.dtype(array.dtype), compression=compression, checksummed=checksummed)

@@ -9,7 +9,7 @@ from cellgap.featurestore.store.arrays import array_at, metadata_v3
 from cellgap.featurestore.store.reader import FeatureStore
 
 
-def _array_paths(store: FeatureStore) -> list[str]:
+def array_paths(store: FeatureStore) -> list[str]:
     paths = [layout.IMAGE, layout.INSTANCES, layout.CLASSES, layout.NAME, layout.SOURCE, layout.TISSUE, layout.SPLIT,
              layout.ORIGIN, layout.pixel_hash_path(store.manifest.pixel_hash), layout.DONE]
     for view in store.views:
@@ -31,7 +31,7 @@ def _bytes(store: FeatureStore, path: str) -> int | None:
 def describe(store: FeatureStore) -> dict[str, Any]:
     """A JSON-ready description of the store."""
     arrays: list[dict[str, Any]] = []
-    for path in _array_paths(store):
+    for path in array_paths(store):
         array = array_at(store.group, path)
         arrays.append({
             "path": path, "shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks),
