@@ -426,7 +426,7 @@ class ShardFileReader:
             view, base = entry.view, shard * shard_tiles
             if view is not None:
                 self._check(shard, entry, [w - base for w in wanted[first:end]])
-            if view is not None and end - first >= 4:
+            if view is not None and end - first >= 4 and view.flags.c_contiguous:  # take copies strided views whole
                 np.take(view, indices[first:end] - base, axis=0, out=out[first:end], mode="clip")  # 'raise' buffers
             elif view is not None:  # random batches: mostly one tile per shard, where plain indexing is cheapest
                 for row in range(first, end):
