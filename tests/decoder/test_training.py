@@ -87,8 +87,11 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, conv_store):
 def test_existing_run_dir_without_resume_is_refused(trained_run, conv_store):
     with pytest.raises(TrainingError, match="use --resume"):
         train(TrainConfig(store=str(conv_store), out=trained_run, epochs=1, progress=False))
+    foreign = trained_run.parent / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not a run")
     with pytest.raises(TrainingError, match="nothing to resume"):
-        train(TrainConfig(store=str(conv_store), out=trained_run.parent / "fresh", epochs=1, resume=True, progress=False))
+        train(TrainConfig(store=str(conv_store), out=foreign, epochs=1, resume=True, progress=False))
 
 
 def test_yaml_config_is_validated_once(tmp_path, conv_store):

@@ -1,8 +1,10 @@
 """The training loop: decoder on stored features, CISCA losses, validation with post-processing, checkpoints.
 
-Everything a run needs to continue after an interruption is written at the end of every epoch
-(last weights, optimiser, schedule, best score); `--resume` picks up from there and replays the
-same batch order, so a resumed run follows the uninterrupted one.
+Everything a run needs to continue after an interruption is written at the end of every epoch as
+one file, the training state (weights, optimiser, schedule, best score, the epoch's log record), so
+no kill can leave its parts from different epochs; `--resume` picks up from there and replays the
+same batch order, so a resumed run follows the uninterrupted one. A run killed before its first
+epoch finished has nothing to resume and starts afresh.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 
-from cellgap.core.atomic import write_atomically
+from cellgap.core.atomic import PARTIAL_SUFFIX, write_atomically
 from cellgap.core.progress import progress_bar
 from cellgap.decoder.checkpoint import BEST, LAST, STATE, all_finite, load_checkpoint, save_checkpoint
 from cellgap.decoder.errors import TrainingError
@@ -36,14 +38,17 @@ from cellgap.decoder.networks import (
 from cellgap.decoder.postprocess import PostprocessConfig
 from cellgap.decoder.targets_cache import TargetCache, target_config_for
 from cellgap.decoder.training.config import TrainConfig
-from cellgap.decoder.training.curves import append_log, draw_curves, truncate_log
+from cellgap.decoder.training.curves import append_log, draw_curves, read_log, truncate_log
 from cellgap.decoder.training.tuning import tune_postprocess, tuning_subset
 from cellgap.decoder.training.validation import evaluate_split, headline, predicted_maps, score_of
 from cellgap.featurestore.encoders.encoder import pick_device
 from cellgap.featurestore.store.reader import FeatureStore, open_store
 
 log = logging.getLogger(__name__)
-_RESUMABLE_CHANGES = {"resume", "progress", "device", "loader_threads"}
+_RESUMABLE_CHANGES = {"resume", "progress", "device", "loader_threads", "out"}  # a moved run folder resumes
+# What a run writes into its folder before its first training state: removed when such a run starts afresh.
+_BEFORE_FIRST_STATE = ("config.json", "manifest.json", BEST, LAST, "validation.json", "metrics.jsonl", "metrics.csv",
+                       "curves.png")
 
 
 class _Progress(TypedDict):
@@ -68,12 +73,22 @@ class TrainResult:
     gflops_per_tile: float
 
 
-def _prepare_run_dir(config: TrainConfig) -> None:
+def _prepare_run_dir(config: TrainConfig) -> bool:
+    """Whether the run resumes; a run folder whose run never finished an epoch is emptied for a fresh start."""
     out = config.out
+    if _unfinished_first_epoch(out):
+        log.warning("%s: its run stopped before finishing a first epoch; starting it afresh", out)
+        for name in _BEFORE_FIRST_STATE:
+            (out / name).unlink(missing_ok=True)
+        for partial in out.glob(f".*{PARTIAL_SUFFIX}"):
+            partial.unlink()
     existing = out.exists() and any(out.iterdir())
-    if config.resume:
+    if config.resume and not existing:
+        log.warning("%s: nothing to resume; starting a new run", out)
+    elif config.resume:
         if not (out / STATE).exists():
-            raise TrainingError(f"{out}: nothing to resume (no {STATE}); start without --resume")
+            raise TrainingError(f"{out}: nothing to resume (no {STATE}) and the folder holds files that are not a "
+                                "run's; choose another --out")
         saved = json.loads((out / "config.json").read_text())
         now = config.model_dump(mode="json")
         changed = [k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k]]
@@ -82,6 +97,14 @@ def _prepare_run_dir(config: TrainConfig) -> None:
     elif existing:
         raise TrainingError(f"{out}: run directory exists and is not empty; use --resume to continue it or another --out")
     out.mkdir(parents=True, exist_ok=True)
+    return config.resume and existing
+
+
+def _unfinished_first_epoch(out: Path) -> bool:
+    """A folder holding only what a run writes before its first training state (and that run's config)."""
+    if not (out / "config.json").is_file() or (out / STATE).exists():
+        return False
+    return all(p.name in _BEFORE_FIRST_STATE or p.name.endswith(PARTIAL_SUFFIX) for p in out.iterdir())
 
 
 def _indices(store: FeatureStore, split: str, what: str) -> np.ndarray:
@@ -110,11 +133,30 @@ def _optimiser(config: TrainConfig, model: CellDecoder, steps_per_epoch: int):
     return optimiser, scheduler
 
 
-def _save_state(out: Path, optimiser, scheduler, progress: _Progress, ema: ModelEmaV3 | None) -> None:
+def _save_state(out: Path, model: CellDecoder, optimiser, scheduler, progress: _Progress, ema: ModelEmaV3 | None,
+                record: dict[str, Any]) -> None:
+    """The one file --resume reads: weights, optimiser and schedule of the same epoch, written atomically."""
     extra = {"ema": ema.state_dict()} if ema is not None else {}
     buffer = io.BytesIO()
-    torch.save({"optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(), **progress, **extra}, buffer)
+    torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(), "record": record,
+                **progress, **extra}, buffer)
     write_atomically(out / STATE, [buffer.getbuffer()], durable=True)
+
+
+def _resume_weights(out: Path, state: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """The weights of the state's epoch. States written before they held the weights pair with last.safetensors,
+    which must be of the same epoch: a kill between the two writes would otherwise repeat an epoch unseen."""
+    last_epoch = load_checkpoint(out / LAST, device).info.get("epoch") if (out / LAST).is_file() else None
+    if "model" in state:
+        if last_epoch != state["epoch"]:
+            log.warning("%s: %s is from epoch %s, the training state from epoch %d (stopped between the two writes); "
+                        "resuming from the state", out, LAST, last_epoch, state["epoch"])
+        return state["model"]
+    if last_epoch != state["epoch"]:
+        raise TrainingError(f"{out}: {LAST} is from epoch {last_epoch} but {STATE} from epoch {state['epoch']}; "
+                            "they cannot be resumed together: start the run again in a new --out")
+    return load_checkpoint(out / LAST, device).model.state_dict()
 
 
 def _duration(seconds: float) -> str:
@@ -152,7 +194,7 @@ def training_batches(store: FeatureStore, layer_names: list[str], indices: np.nd
 
 def train(config: TrainConfig) -> TrainResult:
     """Train a decoder on the store's train split, validating on its valid split."""
-    _prepare_run_dir(config)
+    resuming = _prepare_run_dir(config)
     device = pick_device(config.device)
     store = open_store(config.store)
     if not store.manifest.dataset.has_labels:
@@ -183,15 +225,17 @@ def train(config: TrainConfig) -> TrainResult:
     ema = ModelEmaV3(model, decay=config.ema, use_warmup=True) if config.ema > 0 else None
     evaluated = ema.module if ema is not None else model
     out = config.out
-    if config.resume:
+    if resuming:
         state = torch.load(out / STATE, map_location="cpu", weights_only=False)
-        model.load_state_dict(load_checkpoint(out / LAST, device).model.state_dict())
+        model.load_state_dict(_resume_weights(out, state, device))
         optimiser.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
         progress = cast(_Progress, {k: state[k] for k in progress})
         truncate_log(out, progress["epoch"])
+        if "record" in state and len(read_log(out)) < progress["epoch"]:  # stopped before the log line was added
+            append_log(out, state["record"])
         log.info("resuming %s after epoch %d", out, progress["epoch"])
     else:
         (out / "config.json").write_text(config.model_dump_json(indent=2))
@@ -251,8 +295,8 @@ def train(config: TrainConfig) -> TrainResult:
         progress["epoch"] = epoch + 1
         progress["epoch_seconds"] = [*progress["epoch_seconds"], seconds]
         record["seconds"] = seconds
+        _save_state(out, model, optimiser, scheduler, progress, ema, record)  # the commit point of the epoch
         save_checkpoint(out / LAST, model, store.manifest, post, class_names, {"epoch": epoch + 1})
-        _save_state(out, optimiser, scheduler, progress, ema)
         append_log(out, record)
         draw_curves(out)
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.get("valid", {}).items()}
