@@ -13,6 +13,7 @@ from cellgap.featurestore.extract.magnification import warn_if_assumed
 from cellgap.featurestore.extract.plan import ExtractionPlan, plan_extraction
 from cellgap.featurestore.extract.replicas import replica_count
 from cellgap.featurestore.extract.shards import encode_shards
+from cellgap.featurestore.store.lock import writer_lock
 from cellgap.featurestore.store.writer import open_or_create
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,11 @@ def run_extraction(config: ExtractConfig) -> ExtractSummary:
 
 def run_plan(plan: ExtractionPlan) -> ExtractSummary:
     """Run a planned extraction (see `plan_extraction`) into `plan.config.store`."""
+    with writer_lock(plan.config.store):
+        return _run_locked(plan)
+
+
+def _run_locked(plan: ExtractionPlan) -> ExtractSummary:
     config, metas = plan.config, plan.metas
     writer, existed = open_or_create(config.store, plan.manifest, metas)
     pending = writer.pending_shards()
