@@ -5,6 +5,7 @@ settings in `CELLGAP_*` environment variables.
 """
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -93,8 +94,31 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     body["application/json"]["example"] = example.model_dump(exclude_none=True)
     answer = schema["paths"]["/v1/evaluate"]["post"]["responses"]["200"].setdefault("content", {})
     answer.setdefault("application/json", {})["example"] = _evaluate_example(example)
+    _declare_refusals(schema)
     app.openapi_schema = schema
     return schema
+
+
+def _declare_refusals(schema: dict[str, Any]) -> None:
+    """What the routes refuse as invalid (422), said in the schema too: empty files and empty file lists (a
+    client generated from the schema sends neither). Limits (413: `max_files`, the body and pixel limits)
+    are the server's settings and stay out of the schema, as a 413 is not a schema violation."""
+    def files(entry: dict[str, Any]) -> None:
+        entry["minItems"] = 1
+        entry["items"]["minLength"] = 1
+
+    def body(path: str) -> dict[str, Any]:
+        content = schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        if "$ref" in content:
+            return schema["components"]["schemas"][content["$ref"].rsplit("/", 1)[-1]]
+        return content
+
+    body("/v1/predict")["properties"]["file"]["minLength"] = 1
+    files(body("/v1/predict/batch")["properties"]["files"])
+    evaluate = copy.deepcopy(body("/v1/evaluate"))  # the route's module-level schema stays as it is
+    for field in ("gt", "pred"):
+        files(evaluate["properties"][field])
+    schema["paths"]["/v1/evaluate"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"] = evaluate
 
 
 def _evaluate_example(example: EvaluateArrays) -> dict[str, Any]:

@@ -91,13 +91,21 @@ class Readiness(BaseModel):
                                  description="null when the server was started without a run (evaluate only)")
 
 
+_NON_EMPTY_MAP_SCHEMA: dict[str, Any] = {"type": "array", "minItems": 1,
+                                         "items": {"type": "array", "minItems": 1, "items": {"type": "integer"}}}
+_NON_EMPTY_MAP: dict[str, Any] = {k: v for k, v in _NON_EMPTY_MAP_SCHEMA.items() if k != "type"}
+
+
 class LabelArrays(BaseModel):
     """One label map as JSON arrays (small tiles): instance ids (0 = background) and optional class ids."""
 
     model_config = ConfigDict(extra="forbid")
 
-    instances: list[list[int]] = Field(description="(H, W) instance ids", examples=[[[0, 1, 1], [0, 1, 0], [2, 0, 0]]])
-    classes: list[list[int]] | None = Field(None, description="(H, W) class per pixel, 0 = background")
+    # an empty map is refused with the code `empty` by the route; the schema says so too
+    instances: list[list[int]] = Field(description="(H, W) instance ids", examples=[[[0, 1, 1], [0, 1, 0], [2, 0, 0]]],
+                                       json_schema_extra=_NON_EMPTY_MAP)
+    classes: list[list[int]] | None = Field(None, description="(H, W) class per pixel, 0 = background",
+                                            json_schema_extra={"anyOf": [_NON_EMPTY_MAP_SCHEMA, {"type": "null"}]})
 
 
 class ImagePair(BaseModel):

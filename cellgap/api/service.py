@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any, Protocol
 
 import numpy as np
@@ -92,9 +94,10 @@ class ModelService:
         self.metrics.model_seconds.inc(seconds)
 
     def describe(self) -> dict[str, Any]:
-        """The predictor's description, computed once, with NaN/inf as None (strict JSON)."""
+        """The predictor's description, computed once, with NaN/inf as None (strict JSON) and every path on the
+        server (the run folder, the data set the store was made from) cut to its last part."""
         if self._description is None:
-            self._description = _strict_json(self.predictor.describe())
+            self._description = _strict_json(_without_paths(self.predictor.describe()))
         return self._description
 
     @property
@@ -161,6 +164,27 @@ class ModelService:
         self.metrics.tiles.inc(window_count(height, width, self.tile_size))
         self.metrics.cells.inc(len(instances))
         return instances
+
+
+_PATH_KEYS = frozenset({"run", "run_dir", "path", "root", "dir", "directory", "file", "store", "cache_dir"})
+_ABSOLUTE = re.compile(r"^(/|~|\\\\|[A-Za-z]:[\\/]|file:)")
+
+
+def _last_part(text: str) -> str:
+    name = PureWindowsPath(text).name if "\\" in text else PurePosixPath(text.removeprefix("file:")).name
+    return name or text.strip("/\\")
+
+
+def _without_paths(value: Any, key: str = "") -> Any:
+    """A copy where strings that are server paths (absolute, or under a key such as `path` or `run`) keep
+    only their last part: a client learns a run's or a data set's name, never where it lies on the server."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_paths(v) for v in value]
+    if hasattr(value, "__fspath__") or (isinstance(value, str) and (key in _PATH_KEYS or _ABSOLUTE.match(value))):
+        return _last_part(str(value))
+    return value
 
 
 def _strict_json(value: Any) -> Any:

@@ -52,10 +52,13 @@ def test_predict_a_larger_image_and_a_batch(server, tile_png):
     assert "cellgap_tiles_predicted_total" in metrics
 
 
-def test_models_and_readiness(server):
+def test_models_and_readiness(server, tiny_run):
     client, _ = server
     assert client.get("/readyz").json()["status"] == "ready"
-    model = client.get("/v1/models").json()["models"][0]
+    answer = client.get("/v1/models")
+    assert str(tiny_run) not in answer.text and str(tiny_run.parent) not in answer.text  # no server paths
+    assert answer.json()["models"][0]["run"]["run"] == tiny_run.name
+    model = answer.json()["models"][0]
     assert model["tile_size"] == 256 and model["class_names"] == ["tumour", "lymphocyte", "stromal"]
     assert {"encoder", "layers", "classes", "training", "store_manifest"} <= set(model["run"])
     assert model["run"]["encoder"]["name"] == "convnext_atto"
