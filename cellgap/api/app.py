@@ -17,8 +17,9 @@ from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from cellgap.api.errors import NoModelError, ServiceUnavailableError, install_error_handlers
+from cellgap.api.memory import MemoryReleaseMiddleware, MemoryReleaser
 from cellgap.api.metrics import Metrics, MetricsMiddleware
-from cellgap.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from cellgap.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, BodyTimeoutMiddleware, BusyMiddleware
 from cellgap.api.routes import evaluate, health, metrics, models, predict
 from cellgap.api.schemas import EvaluateArrays
 from cellgap.api.service import ModelService, PredictorFactory, load_predictor
@@ -26,6 +27,7 @@ from cellgap.api.settings import Settings, get_settings
 from cellgap.core.version import cellgap_version
 
 logger = logging.getLogger(__name__)
+PREDICT_PATHS = ("/v1/predict", "/v1/predict/batch")
 
 DESCRIPTION = """Nucleus segmentation and classification of histopathology tiles with a frozen foundation-model
 encoder and a CISCA-style decoder, and the metrics of `cellgap evaluate`.
@@ -69,10 +71,16 @@ def create_app(settings: Settings | None = None, *, predictor_factory: Predictor
     app.state.metrics = registry
     app.state.service = None
     app.state.not_ready_reason = "the model is still loading"
+    app.state.memory = MemoryReleaser()
     install_error_handlers(app)
     for module in (health, metrics, models, predict, evaluate):
         app.include_router(module.router)
+    # the last added runs first: metrics, API key, memory release, refusal when busy, then the body's limits
+    app.add_middleware(BodyTimeoutMiddleware, read_timeout_s=settings.read_timeout_s,
+                       body_timeout_s=settings.body_timeout_s)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BusyMiddleware, paths=PREDICT_PATHS, retry_after_s=settings.retry_after_s)
+    app.add_middleware(MemoryReleaseMiddleware, releaser=app.state.memory)
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)  # runs before the body limit and the body
     app.add_middleware(MetricsMiddleware, metrics=registry, routes=app.routes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -5,7 +5,9 @@ first waiting item, waits at most `max_wait_s` for more (never longer than it ta
 `max_batch`), and calls `run(batch)` once. A batch whose call fails is retried item by item, so one
 bad item fails alone. The queue is bounded by the summed cost of the waiting items (e.g. their size
 in tiles): a full queue raises `QueueFullError` at once, so a burst costs a quick refusal instead of
-memory. An item costlier than the whole queue is taken when the queue is empty.
+memory. An item costlier than the whole queue is taken when the queue is empty. Room can be reserved before
+an item exists (`reserve(cost)`, e.g. from an image's header before it is decoded) and handed to
+`submit`: a refusal then comes before the costly preparation, not after it.
 
 With `wait="adaptive"` the worker waits only when company is likely: items were announced
 (callers `announce()` them before their slow preparation, e.g. upload and decoding, and hand the
@@ -52,6 +54,23 @@ class Announcement:
 
     def __exit__(self, *exc: object) -> None:
         self._batcher._withdraw(self)
+
+
+class Reservation:
+    """Queue room held for an item still being prepared; given back at the end of the `with` block unless
+    `submit` took it over."""
+
+    def __init__(self, batcher: DynamicBatcher, cost: int) -> None:
+        self._batcher, self.cost = batcher, cost
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        self._batcher._give_back(self)
 
 
 @dataclass
@@ -114,6 +133,12 @@ class DynamicBatcher(Generic[X, Y]):
             return self._pending
 
     @property
+    def full(self) -> bool:
+        """Whether the queue (waiting and reserved items) has no room left for even the smallest item."""
+        with self._lock:
+            return self._pending >= self.max_queue
+
+    @property
     def batching_pays(self) -> bool:
         """Whether batches were measured cheaper per item than single items (True until both are measured)."""
         single = self._seconds.get(1)
@@ -135,15 +160,38 @@ class DynamicBatcher(Generic[X, Y]):
             self._incoming -= announcement.left
             announcement.left = 0
 
-    def submit(self, item: X, cost: int = 1, announcement: Announcement | None = None) -> Future[Y]:
-        """Queue one item; its result (or exception) arrives on the returned future."""
+    def reserve(self, cost: int = 1) -> Reservation:
+        """Hold room for an item of `cost` that is not ready yet; `QueueFullError` at once when there is none."""
+        cost = max(int(cost), 1)
+        with self._lock:
+            if self._closed.is_set():
+                raise BatcherClosedError("the batcher is closed")
+            self._check_room(cost)
+            self._pending += cost
+        return Reservation(self, cost)
+
+    def _give_back(self, reservation: Reservation) -> None:
+        with self._lock:
+            self._pending -= reservation.cost
+            reservation.cost = 0
+
+    def _check_room(self, cost: int) -> None:
+        if self._pending and self._pending + cost > self.max_queue:
+            raise QueueFullError(f"the queue is full ({self._pending} of {self.max_queue} waiting or reserved)")
+
+    def submit(self, item: X, cost: int = 1, announcement: Announcement | None = None,
+               reservation: Reservation | None = None) -> Future[Y]:
+        """Queue one item (in the room of `reservation`, if given); its result (or exception) arrives on the
+        returned future."""
         cost = max(int(cost), 1)
         future: Future[Y] = Future()
         with self._lock:  # closed check and put under the lock close() takes: no item lands after _STOP
             if self._closed.is_set():
                 raise BatcherClosedError("the batcher is closed")
-            if self._pending and self._pending + cost > self.max_queue:
-                raise QueueFullError(f"the queue is full ({self._pending} of {self.max_queue} waiting)")
+            if reservation is not None:  # its room becomes the item's
+                self._pending -= reservation.cost
+                reservation.cost = 0
+            self._check_room(cost)
             self._pending += cost
             if announcement is not None and announcement.left > 0:
                 announcement.left -= 1
@@ -156,9 +204,9 @@ class DynamicBatcher(Generic[X, Y]):
             self._pending -= cost
 
     async def run(self, item: X, cost: int = 1, timeout_s: float | None = None,
-                  announcement: Announcement | None = None) -> Y:
+                  announcement: Announcement | None = None, reservation: Reservation | None = None) -> Y:
         """Submit from a coroutine and await the result without blocking the event loop."""
-        future = self.submit(item, cost, announcement)
+        future = self.submit(item, cost, announcement, reservation)
         return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
 
     def close(self, timeout_s: float = 30.0) -> None:

@@ -20,7 +20,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
         "serve", help="serve a trained run over REST (/v1/predict, /v1/evaluate, /v1/models, /healthz, /readyz, /metrics)",
         description="Load a trained run once and serve predictions and metrics over HTTP. Other settings come from "
                     "CELLGAP_* environment variables (see docs/api.md): CELLGAP_API_KEY, CELLGAP_MAX_BODY_BYTES, "
-                    "CELLGAP_MAX_IMAGE_PIXELS, CELLGAP_BATCH_SIZE, CELLGAP_QUEUE_SIZE, ...")
+                    "CELLGAP_MAX_IMAGE_PIXELS, CELLGAP_BATCH_SIZE, CELLGAP_QUEUE_SIZE, CELLGAP_HEADER_TIMEOUT_S, "
+                    "CELLGAP_BODY_TIMEOUT_S, CELLGAP_MAX_CONNECTIONS, ...")
     serve.add_argument("--run", type=Path, metavar="RUN_DIR",
                        help="trained run folder (default: CELLGAP_RUN_DIR; neither: /v1/evaluate only)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
@@ -56,6 +57,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from cellgap.api.app import create_app
     from cellgap.api.errors import ApiError
+    from cellgap.api.server import uvicorn_config
     from cellgap.api.service import load_predictor
     from cellgap.api.settings import Settings
 
@@ -71,9 +73,9 @@ def run_serve(args: argparse.Namespace) -> int:
     else:
         predictor = load_predictor(settings)  # before binding the port: a bad run is one line and exit 2
         app = create_app(settings, predictor_factory=lambda _: predictor)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level, access_log=settings.access_log,
-                timeout_graceful_shutdown=10)
-    return 0
+    server = uvicorn.Server(uvicorn_config(app, settings, host=args.host, port=args.port))
+    server.run()
+    return 0 if server.started else 3  # uvicorn's exit code when it cannot start (it logged why: port in use, ...)
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -94,7 +94,7 @@ class ErrorBody(BaseModel):
 
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 406: "not_acceptable", 413: "too_large", 415: "unsupported_media_type",
+                 405: "method_not_allowed", 406: "not_acceptable", 408: "timeout", 413: "too_large", 415: "unsupported_media_type",
                  422: "invalid_input", 429: "too_many_requests", 501: "no_model", 503: "unavailable"}
 
 

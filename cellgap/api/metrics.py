@@ -39,6 +39,7 @@ class Metrics:
         self.cells = Counter("cellgap_cells_found", "nuclei found in predicted images", registry=registry)
         self.rejected = Counter("cellgap_requests_rejected", "predictions refused because the queue was full",
                                 registry=registry)
+        self.decoded = Counter("cellgap_uploads_decoded", "uploaded images decoded into pixels", registry=registry)
         self.batches = Histogram("cellgap_batch_size", "items per model call of the batcher", buckets=BATCH_BUCKETS,
                                  registry=registry)
         self.model_seconds = Counter("cellgap_model_busy_seconds", "time the model worker spent predicting",

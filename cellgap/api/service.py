@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from cellgap.api.batcher import Announcement, BatcherClosedError, DynamicBatcher, QueueFullError
+from cellgap.api.batcher import Announcement, BatcherClosedError, DynamicBatcher, QueueFullError, Reservation
 from cellgap.api.errors import NoModelError, ServiceUnavailableError
 from cellgap.api.metrics import Metrics
 from cellgap.api.settings import Settings
@@ -129,13 +129,39 @@ class ModelService:
     def cost(self, image: np.ndarray) -> int:
         """Queue cost of an image: its area in tiles (at least 1), so the queue bounds memory, not requests."""
         height, width = image.shape[:2]
+        return self.cost_of(height, width)
+
+    def cost_of(self, height: int, width: int) -> int:
         return max(1, math.ceil(height * width / self.tile_size**2))
+
+    @property
+    def full(self) -> bool:
+        """No room in the queue for one more image (waiting and admitted images fill it)."""
+        return self.batcher.full
+
+    def busy_error(self, what: str) -> ServiceUnavailableError:
+        self.metrics.rejected.inc()
+        return ServiceUnavailableError(f"{what}: the prediction queue is full (room for {self.settings.queue_size} "
+                                       "tiles, counting uploads admitted and not yet decoded): retry later",
+                                       code="busy", retry_after_s=self.settings.retry_after_s)
+
+    def reserve(self, height: int, width: int, what: str = "upload") -> Reservation:
+        """Room in the queue for an image of this size, taken from its header before it is decoded: a burst
+        is refused (503 busy) before its pixels are, and what is admitted is bounded by the queue."""
+        try:
+            return self.batcher.reserve(self.cost_of(height, width))
+        except QueueFullError:
+            raise self.busy_error(what) from None
+        except BatcherClosedError:
+            raise ServiceUnavailableError("the service is shutting down", code="shutting_down",
+                                          retry_after_s=self.settings.retry_after_s) from None
 
     @asynccontextmanager
     async def decode_slot(self) -> AsyncIterator[None]:
         """Room to decode one upload: a decoded image can take hundreds of MB (a 4096x4096 PNG of 49 KB
         is 50 MB of pixels, more while it is converted), so at most `max_decoding` are decoded at a time
-        and the others wait their turn holding only their compressed bytes (the body limit bounds those)."""
+        and the others wait their turn holding only their compressed bytes. Only uploads with room
+        reserved in the queue (`reserve`) wait here, so the queue's size bounds the waiting too."""
         async with self._decode_slots:
             yield
 
@@ -143,16 +169,16 @@ class ModelService:
         """Tell the batcher that `count` images are being uploaded and decoded (a `with` block)."""
         return self.batcher.announce(count)
 
-    async def predict(self, image: np.ndarray, announcement: Announcement | None = None) -> Instances:
-        """Queue one image and await its instances; a full queue or a timeout is a 503 to retry."""
+    async def predict(self, image: np.ndarray, announcement: Announcement | None = None,
+                      reservation: Reservation | None = None) -> Instances:
+        """Queue one image (in its reserved room, if given) and await its instances; a full queue or a timeout
+        is a 503 to retry."""
         retry = self.settings.retry_after_s
         try:
             instances = await self.batcher.run(image, cost=self.cost(image), timeout_s=self.settings.predict_timeout_s,
-                                               announcement=announcement)
+                                               announcement=announcement, reservation=reservation)
         except QueueFullError:
-            self.metrics.rejected.inc()
-            raise ServiceUnavailableError(f"the prediction queue is full (room for {self.settings.queue_size} "
-                                          "tiles): retry later", code="busy", retry_after_s=retry) from None
+            raise self.busy_error("image") from None
         except TimeoutError:
             raise ServiceUnavailableError(f"no prediction within {self.settings.predict_timeout_s:g} s: retry later",
                                           code="timeout", retry_after_s=retry) from None

@@ -70,6 +70,64 @@ def _image_hw(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[0], shape[1]
 
 
+def probe_image(data: bytes, limits: Limits, what: str = "upload") -> tuple[int, int]:
+    """(height, width) of an image from its header alone, with the checks `decode_image` makes before
+    decoding (format, channels, size): what a caller needs to admit or refuse it before paying for its pixels."""
+    if not data:
+        raise InvalidInputError(f"{what}: the file is empty", code="empty")
+    kind = sniff(data)
+    if kind == "unknown":
+        raise UnsupportedMediaError(f"{what}: not a {ACCEPTED} file")
+    if kind == "npy":
+        shape, dtype = _npy_header(data, what)
+        if not shape or any(s == 0 for s in shape):
+            raise InvalidInputError(f"{what}: the array is empty (shape {shape})", code="empty")
+        _check_channels(shape, what)
+        height, width = _image_hw(shape)
+    elif kind == "tiff":
+        height, width = _tiff_hw(data, what)
+    else:
+        height, width = _pil_hw(data, what)
+    _check_size(height, width, limits, what)
+    return height, width
+
+
+def _tiff_hw(data: bytes, what: str) -> tuple[int, int]:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            if not tif.pages:
+                raise InvalidInputError(f"{what}: the TIFF file has no pages", code="empty")
+            shape = tuple(int(s) for s in tif.pages[0].shape)
+    except InvalidInputError:
+        raise
+    except Exception as error:  # noqa: BLE001 - tifffile raises many kinds on damaged files
+        raise InvalidInputError(f"{what}: cannot read the TIFF file ({type(error).__name__}: {error})",
+                                code="invalid_image") from None
+    _check_channels(shape, what)
+    return _image_hw(shape)
+
+
+def _pil_open(data: bytes, what: str):  # -> PIL.Image.Image (PIL imported lazily)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(io.BytesIO(data), formats=["PNG", "JPEG"])
+    except Image.DecompressionBombError as error:
+        raise TooLargeError(f"{what}: {error}", code="image_too_large") from None
+    except UnidentifiedImageError:
+        raise InvalidInputError(f"{what}: the {sniff(data).upper()} header is damaged", code="invalid_image") from None
+    except Exception as error:  # noqa: BLE001 - a damaged header raises many kinds
+        raise InvalidInputError(f"{what}: cannot read the image header ({type(error).__name__}: {error})",
+                                code="invalid_image") from None
+
+
+def _pil_hw(data: bytes, what: str) -> tuple[int, int]:
+    with _pil_open(data, what) as image:
+        return int(image.height), int(image.width)
+
+
 def decode_image(data: bytes, limits: Limits, what: str = "upload") -> np.ndarray:
     """(H,W,3) uint8 RGB from PNG/JPEG/TIFF/.npy bytes, or an ApiError that names the problem."""
     if not data:
@@ -102,17 +160,7 @@ def _to_rgb(array: np.ndarray, what: str) -> np.ndarray:
 
 
 def _read_pil(data: bytes, limits: Limits, what: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        image = Image.open(io.BytesIO(data), formats=["PNG", "JPEG"])
-    except Image.DecompressionBombError as error:
-        raise TooLargeError(f"{what}: {error}", code="image_too_large") from None
-    except UnidentifiedImageError:
-        raise InvalidInputError(f"{what}: the {sniff(data).upper()} header is damaged", code="invalid_image") from None
-    except Exception as error:  # noqa: BLE001 - a damaged header raises many kinds
-        raise InvalidInputError(f"{what}: cannot read the image header ({type(error).__name__}: {error})",
-                                code="invalid_image") from None
+    image = _pil_open(data, what)
     with image:
         _check_size(image.height, image.width, limits, what)  # header only: nothing decoded yet
         if getattr(image, "n_frames", 1) > 1:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +154,28 @@ def server(tiny_run):
     with serve_in_subprocess(tiny_run, env=env, args=["--device", "cpu", "--log-level", "warning"]) as (url, process):
         with httpx.Client(base_url=url, headers=AUTH, timeout=120.0) as client:
             yield client, process
+
+
+@contextmanager
+def live_server(app, settings: Settings, timeout_s: float = 20.0) -> Iterator[str]:
+    """The app under a real uvicorn server (the one `cellgap serve` configures) on loopback, in a thread of
+    this process (so a test can use a fake predictor and look at the app's state); yields the base URL."""
+    import uvicorn
+
+    from cellgap.api.bench import free_port
+    from cellgap.api.server import uvicorn_config
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn_config(app, settings, host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout_s)

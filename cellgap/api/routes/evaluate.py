@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile
 from cellgap.api.deps import SettingsDep, require_api_key
 from cellgap.api.errors import InvalidInputError, TooLargeError, UnsupportedMediaError
 from cellgap.api.routes.common import describe_upload, error_responses, read_upload, upload_name
-from cellgap.api.schemas import EvaluateArrays, LabelArrays, StrictQuery
+from cellgap.api.schemas import EvaluateArrays, ImagePair, LabelArrays, StrictQuery
 from cellgap.api.settings import Settings
 from cellgap.api.uploads import Limits, decode_labels, labels_from_array
 from cellgap.featurestore.datasets.base import LabelledImage
@@ -98,6 +98,103 @@ def pairs_from_json(body: EvaluateArrays, settings: Settings) -> tuple[list[Pair
     return pairs, tuple(body.class_names)
 
 
+class _TooManyObjects(Exception):
+    pass
+
+
+# (keys one of the body's objects may have, keys of which it has at least one): the body, a pair, a label map
+_OBJECT_FORMS = ((frozenset({"images", "class_names"}), frozenset({"images"})),
+                 (frozenset({"name", "tissue", "gt", "pred"}), frozenset({"gt", "pred"})),
+                 (frozenset({"instances", "classes"}), frozenset({"instances"})))
+
+
+def _plausible(keys: set[str]) -> bool:
+    """Whether a JSON object could be one of the body's (the body, a pair, a label map), judged by its keys."""
+    return any(keys <= allowed and bool(keys & needed) for allowed, needed in _OBJECT_FORMS)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _map_pixels(value: Any) -> int:
+    """Pixels of a label map given as JSON rows (a row that is not a list counts as one)."""
+    return sum(len(row) if isinstance(row, list) else 1 for row in value) if isinstance(value, list) else 0
+
+
+def parse_json_body(raw: bytes, settings: Settings) -> EvaluateArrays:
+    """The JSON form of an evaluate request, with its limits applied while it is parsed: the parse stops at
+    the first JSON object beyond what `max_files` images hold (3 each), the image count and each label map's
+    pixels are checked before anything is validated, and each image is validated on its own (short calls,
+    so the interpreter lock passes between them and the event loop keeps answering)."""
+    most = 1 + 3 * settings.max_files  # the body, and per image: the pair, its gt and its pred
+    objects, misplaced = 0, False
+
+    def counted(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal objects, misplaced
+        objects += 1
+        value = dict(pairs)
+        misplaced = misplaced or not _plausible(set(value))
+        if objects > most:
+            raise _TooManyObjects
+        return value
+
+    try:
+        data = json.loads(raw, object_pairs_hook=counted, parse_constant=_reject_constant)
+    except _TooManyObjects:
+        if misplaced:  # not the form of the body: an invalid request rather than one with too many images
+            raise InvalidInputError("the JSON body does not have the form of an evaluate request (objects where "
+                                    "none belong)", code="invalid_request") from None
+        raise TooLargeError(f"more JSON objects than {settings.max_files} images hold: at most {settings.max_files} "
+                            "images in one request", code="too_many_files") from None
+    except RecursionError:
+        raise InvalidInputError("the JSON body is nested too deeply", code="invalid_request") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", getattr(error, "pos", 0)),
+                                       "msg": f"JSON decode error: {error}"}]) from None
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list) or not images:
+        return _validated(EvaluateArrays, data, ())
+    if len(images) > settings.max_files:
+        raise TooLargeError(f"{len(images)} images in one request; at most {settings.max_files}", code="too_many_files")
+    for index, image in enumerate(images):
+        for side in ("gt", "pred"):
+            maps = image.get(side) if isinstance(image, dict) else None
+            for key in ("instances", "classes"):
+                pixels = _map_pixels(maps.get(key)) if isinstance(maps, dict) else 0
+                if pixels > settings.max_image_pixels:
+                    raise TooLargeError(f"images[{index}].{side}.{key}: {pixels} pixels is more than the limit of "
+                                        f"{settings.max_image_pixels}", code="image_too_large")
+    checked = [_validated(ImagePair, image, ("images", index)) for index, image in enumerate(images)]
+    return _validated(EvaluateArrays, {**data, "images": checked}, ())
+
+
+def _validated(model: Any, data: Any, where: tuple[str | int, ...]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise RequestValidationError([{**e, "loc": ("body", *where, *e["loc"])}
+                                      for e in error.errors(include_input=False)]) from None
+
+
+async def read_json_body(request: Request, settings: Settings) -> bytes:
+    """The body, at most `max_json_bytes` of it: a larger declared length is refused before a byte is read,
+    a longer stream as soon as it passes the limit."""
+    limit = settings.max_json_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLargeError(f"the JSON body ({declared} bytes) is larger than the limit of {limit} bytes "
+                            "(send large label maps as .npy files)", headers={"Connection": "close"})
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLargeError(f"the JSON body is larger than the limit of {limit} bytes (send large label maps as "
+                                ".npy files)", headers={"Connection": "close"})
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def parse_class_names(text: str) -> tuple[str, ...]:
     """Class names as in a folder's classes.json: a list of names or {"1": name, ...}."""
     try:
@@ -131,6 +228,7 @@ async def pairs_from_form(request: Request, settings: Settings) -> tuple[list[Pa
                                             code="not_an_array")
                 data = await read_upload(upload, field, settings)
                 ids, classes = await run_in_threadpool(decode_labels, data, limits, describe_upload(upload, field))
+                request.app.state.memory.note(len(data) + ids.nbytes + (0 if classes is None else classes.nbytes))
                 name = PurePosixPath(upload_name(upload)).stem or str(position)
                 images.append(LabelledImage(name=name, instances=ids, classes=classes))
             sides[field] = images
@@ -160,10 +258,6 @@ class EvaluateQuery(StrictQuery):
     classes: int | None = Field(None, ge=1, le=255, description="number of classes K")
 
 
-def _body_error(error: ValidationError) -> RequestValidationError:
-    return RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_input=False)])
-
-
 @router.post("/evaluate", response_model=MetricsReport, openapi_extra=OPENAPI_BODY,
              responses=error_responses(400, 401, 413, 415, 422), summary="Metrics of a prediction against ground truth")
 async def evaluate(
@@ -181,11 +275,9 @@ async def evaluate(
     reach = radius if radius is not None else RADIUS_AT_MAGNIFICATION[int(magnification or 40)]
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
-        raw = await request.body()
-        try:
-            body = await run_in_threadpool(EvaluateArrays.model_validate_json, raw)
-        except ValidationError as error:
-            raise _body_error(error) from None
+        raw = await read_json_body(request, settings)
+        body = await run_in_threadpool(parse_json_body, raw, settings)
+        del raw
         pairs, class_names = await run_in_threadpool(pairs_from_json, body, settings)
     elif content_type == "multipart/form-data":
         pairs, class_names = await pairs_from_form(request, settings)

@@ -4,23 +4,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from contextlib import ExitStack
 from enum import StrEnum
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
+from cellgap.api.batcher import Reservation
 from cellgap.api.deps import ServiceDep, SettingsDep, require_api_key
 from cellgap.api.errors import TooLargeError
+from cellgap.api.memory import MemoryReleaser
 from cellgap.api.render import cells_response, geojson, overlay_png
 from cellgap.api.routes.common import describe_upload, error_responses, read_upload, upload_name
 from cellgap.api.schemas import BatchResponse, PredictResponse, StrictQuery
 from cellgap.api.service import ModelService
 from cellgap.api.settings import Settings
-from cellgap.api.uploads import ACCEPTED, Limits, decode_image
+from cellgap.api.uploads import ACCEPTED, Limits, decode_image, probe_image
 from cellgap.decoder.postprocess import Instances
 
 log = logging.getLogger(__name__)
@@ -83,10 +86,31 @@ def _finite(response: PredictResponse) -> PredictResponse:
     return response
 
 
-async def _decode(upload: UploadFile, field: str, service: ModelService, settings: Settings) -> np.ndarray:
+class _Admitted:
+    """An upload read, checked from its header and given room in the queue; not decoded yet."""
+
+    def __init__(self, data: bytes, what: str, height: int, width: int, reservation: Reservation) -> None:
+        self.data, self.what, self.reservation = data, what, reservation
+        self.pixels = height * width
+
+
+async def _admit(upload: UploadFile, field: str, service: ModelService, settings: Settings,
+                 stack: ExitStack) -> _Admitted:
+    """Read one upload, check its header and reserve its room in the queue (503 busy when there is none):
+    everything that can refuse it happens before its pixels are decoded."""
     data = await read_upload(upload, field, settings)
+    what = describe_upload(upload, field)
+    height, width = await run_in_threadpool(probe_image, data, _limits(settings, service), what)
+    return _Admitted(data, what, height, width, stack.enter_context(service.reserve(height, width, what)))
+
+
+async def _decode(admitted: _Admitted, service: ModelService, settings: Settings,
+                  memory: MemoryReleaser) -> np.ndarray:
     async with service.decode_slot():  # at most max_decoding images decoded at once
-        return await run_in_threadpool(decode_image, data, _limits(settings, service), describe_upload(upload, field))
+        image = await run_in_threadpool(decode_image, admitted.data, _limits(settings, service), admitted.what)
+    service.metrics.decoded.inc()
+    memory.note(image.nbytes + len(admitted.data))
+    return image
 
 
 async def _cells(image: np.ndarray, instances: Instances, name: str, service: ModelService,
@@ -100,6 +124,7 @@ async def _cells(image: np.ndarray, instances: Instances, name: str, service: Mo
 @router.post("/predict", response_model=PredictResponse, responses=_PREDICT_RESPONSES,
              summary="Nuclei of one tile or image")
 async def predict(
+    request: Request,
     service: ServiceDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description=_FILE_HELP)],
@@ -110,9 +135,10 @@ async def predict(
     Tiles of the model's size are batched with concurrent requests; larger images go through
     overlapping sliding windows, smaller ones are padded.
     """
-    with service.announce() as announcement:
-        image = await _decode(file, "file", service, settings)
-        instances = (await service.predict(image, announcement)).with_min_score(query.min_score)
+    with service.announce() as announcement, ExitStack() as stack:
+        admitted = await _admit(file, "file", service, settings, stack)
+        image = await _decode(admitted, service, settings, request.app.state.memory)
+        instances = (await service.predict(image, announcement, admitted.reservation)).with_min_score(query.min_score)
     name, format = upload_name(file), query.format
     if format is OutputFormat.png:
         return Response(await run_in_threadpool(overlay_png, image, instances, service.class_names),
@@ -126,6 +152,7 @@ async def predict(
 @router.post("/predict/batch", response_model=BatchResponse, responses=error_responses(400, 401, 413, 415, 422, 501, 503),
              summary="Nuclei of several tiles in one request")
 async def predict_batch(
+    request: Request,
     service: ServiceDep,
     settings: SettingsDep,
     files: Annotated[list[UploadFile], File(description=f"one or more tiles or images ({ACCEPTED})")],
@@ -134,16 +161,19 @@ async def predict_batch(
     """Segment several images; their tiles share model batches. Results come back in upload order."""
     if len(files) > settings.max_files:
         raise TooLargeError(f"{len(files)} files in one request; at most {settings.max_files}", code="too_many_files")
-    images, pixels = [], 0
-    with service.announce(len(files)) as announcement:
-        for upload in files:  # all decoded and checked before any is queued
-            images.append(await _decode(upload, "files", service, settings))
-            pixels += images[-1].shape[0] * images[-1].shape[1]
+    images: list[np.ndarray] = []
+    with service.announce(len(files)) as announcement, ExitStack() as stack:
+        admitted, pixels = [], 0
+        for upload in files:  # all checked from their headers and admitted before any is decoded
+            admitted.append(await _admit(upload, "files", service, settings, stack))
+            pixels += admitted[-1].pixels
             if pixels > settings.max_image_pixels:
                 raise TooLargeError(f"the images of one batch may hold {settings.max_image_pixels} pixels together; "
-                                    f"these reach {pixels} at file {len(images)}", code="image_too_large")
-        predicted = await asyncio.gather(*(service.predict(image, announcement) for image in images),
-                                         return_exceptions=True)
+                                    f"these reach {pixels} at file {len(admitted)}", code="image_too_large")
+        for entry in admitted:  # all decoded before any is queued
+            images.append(await _decode(entry, service, settings, request.app.state.memory))
+        predicted = await asyncio.gather(*(service.predict(image, announcement, entry.reservation)
+                                           for image, entry in zip(images, admitted)), return_exceptions=True)
     for outcome in predicted:
         if isinstance(outcome, BaseException):
             raise outcome
