@@ -254,3 +254,31 @@ def test_a_batch_failing_midway_keeps_delivered_results_and_retries_the_rest_alo
         futures = [batcher.submit(x) for x in (11, 12, 13, 14)]
         assert [f.result(5) for f in futures] == [11, 12, 13, 14]
     assert calls == [[11, 12, 13, 14], [13], [14]]
+
+
+def test_reserved_room_counts_against_the_queue_until_submitted_or_given_back():
+    release = threading.Event()
+    batcher = DynamicBatcher(lambda items: (release.wait(5), items)[1], max_batch=4, max_wait_s=0.0,
+                             max_queue=4).start()
+    try:
+        busy = batcher.submit("busy")
+        time.sleep(0.05)  # the worker holds it: the queue is empty
+        held = batcher.reserve(3)
+        assert batcher.pending_cost == 3 and not batcher.full
+        with pytest.raises(QueueFullError):
+            batcher.reserve(2)  # 3 reserved + 2 > 4: refused before the item exists
+        with batcher.reserve(1) as given_back:
+            assert batcher.full
+        assert given_back.cost == 0 and batcher.pending_cost == 3
+        item = batcher.submit("held", cost=3, reservation=held)  # the reserved room becomes the item's
+        assert held.cost == 0 and batcher.pending_cost == 3
+        held.release()  # a no-op once submitted
+        assert batcher.pending_cost == 3
+        release.set()
+        assert busy.result(5) == "busy" and item.result(5) == "held"
+        assert batcher.pending_cost == 0
+    finally:
+        release.set()
+        batcher.close()
+    with pytest.raises(BatcherClosedError):
+        batcher.reserve(1)

@@ -11,7 +11,7 @@ import tifffile
 from PIL import Image
 
 from cellgap.api.errors import InvalidInputError, TooLargeError, UnsupportedMediaError
-from cellgap.api.uploads import Limits, decode_image, decode_labels, sniff
+from cellgap.api.uploads import Limits, decode_image, decode_labels, probe_image, sniff
 from tests.api.conftest import blob_tile, npy_bytes, png_bytes
 
 LIMITS = Limits(max_pixels=512 * 512)
@@ -183,3 +183,24 @@ def test_a_file_and_an_upload_of_the_same_image_give_the_same_pixels(tmp_path, m
     np.testing.assert_array_equal(from_file, from_upload)
     if mode.startswith("P") or mode == "RGBA":  # colour kept: the pixels follow the original
         assert np.abs(from_file.astype(int) - np.asarray(rgb, int)).mean() < 12
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "JPEG", "npy"])
+def test_the_size_of_an_upload_is_read_from_its_header_alone(fmt):
+    image = np.zeros((40, 70, 3), np.uint8)
+    data = npy_bytes(image) if fmt == "npy" else _encode(image, fmt)
+    assert probe_image(data, LIMITS) == (40, 70)
+    assert probe_image(npy_bytes(np.zeros((3, 40, 70), np.uint8)), LIMITS) == (40, 70)  # channel-first
+
+
+@pytest.mark.parametrize("data, error, code", [
+    (b"", InvalidInputError, "empty"),
+    (b"%PDF-1.4", UnsupportedMediaError, "not_an_image"),
+    (_png_claiming(100_000, 100_000), TooLargeError, "image_too_large"),
+    (npy_bytes(np.zeros((8, 8, 5), np.uint8)), InvalidInputError, "unsupported_channels"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(40), InvalidInputError, "invalid_image"),
+])
+def test_the_header_check_refuses_what_decoding_would(data, error, code):
+    with pytest.raises(error) as caught:
+        probe_image(data, LIMITS)
+    assert caught.value.code == code
