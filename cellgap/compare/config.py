@@ -5,10 +5,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cellgap.compare.errors import CompareError, one_line
+from cellgap.core.configfile import read_yaml
 from cellgap.decoder.training.config import TrainConfig
 
 # Training fields the comparison sets itself: the store and run dir per job, the seed from `seeds`.
@@ -186,15 +186,5 @@ def parse_compare_config(values: Any, source: str = "config") -> CompareConfig:
 
 def load_compare_config(path: Path) -> CompareConfig:
     """Read and validate the compare YAML."""
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise CompareError(f"{path}: cannot read the compare config ({error.strerror or error})") from None
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or type(error).__name__
-        raise CompareError(f"{path}: not valid YAML ({one_line(problem)}{where})") from None
+    values = read_yaml(path, "compare config", CompareError)
     return parse_compare_config(values, str(path))

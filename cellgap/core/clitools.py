@@ -44,8 +44,8 @@ def positive_int(text: str) -> int:
     return at_least(1)(text)
 
 
-def at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: parse an integer that must be at least `minimum`."""
+def at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: parse an integer that must be at least `minimum` (and at most `maximum`, if given)."""
 
     def parse(text: str) -> int:
         try:
@@ -54,6 +54,8 @@ def at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"expected a number <= {maximum}, got {value}")
         return value
 
     return parse

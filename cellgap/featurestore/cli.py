@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from cellgap.core.clitools import add_device_option, at_least, parse_bool, positive_float, positive_int
+from cellgap.core.limits import MAX_SEED, MAX_TILE_SIDE
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
@@ -23,12 +24,14 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", type=parse_bool, default=True, metavar="true|false",
                         help="load pretrained weights (default true); false = seeded random weights")
     parser.add_argument("--weights", type=Path, help="local checkpoint (.safetensors/.pth) instead of downloading")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random weights (default 0)")
+    parser.add_argument("--seed", type=at_least(0, MAX_SEED), default=0, help="seed of random weights (default 0)")
     parser.add_argument("--layers", default="default", type=_layer_spec,
                         help="default | all | shallow | deep | mixed (ViTs) | indices like 2,5,8,11")
-    parser.add_argument("--tile-size", type=at_least(32), default=256, help="tile side in pixels, >= 32 (default 256)")
-    parser.add_argument("--input-size", type=at_least(32),
-                        help="side fed to the model, >= 32 (default: tile size, or a 16x16 grid for patch-14 ViTs)")
+    parser.add_argument("--tile-size", type=at_least(32, MAX_TILE_SIDE), default=256,
+                        help=f"tile side in pixels, 32 to {MAX_TILE_SIDE} (default 256)")
+    parser.add_argument("--input-size", type=at_least(32, MAX_TILE_SIDE),
+                        help=f"side fed to the model, 32 to {MAX_TILE_SIDE} (default: tile size, or a 16x16 grid for "
+                             "patch-14 ViTs)")
 
 
 def _layer_spec(text: str) -> str:
@@ -71,7 +74,7 @@ def _register_extract(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--shard-tiles", type=positive_int, default=32, help="tiles per shard file (default 32)")
     parser.add_argument("--views", choices=("none", "flips", "d4"), default="none",
                         help="also store features of flipped/rotated tiles for augmentation")
-    parser.add_argument("--split-seed", type=int, default=0, help="seed of the split for data sets without one")
+    parser.add_argument("--split-seed", type=at_least(0, MAX_SEED), default=0, help="seed of the split for data sets without one")
     parser.add_argument("--magnification", type=int, choices=(20, 40),
                         help="objective magnification of a data set that does not know its own (folder:); "
                              "sets targets, post-processing and F1_d. Unknown: 40x is assumed, said and recorded")

@@ -49,3 +49,31 @@ def test_evaluate_help_names_every_format_it_reads():
     from cellgap.metrics.cli import LABEL_FORMAT_HELP
 
     assert tuple(sorted(LABEL_FORMAT_HELP)) == tuple(sorted(LABEL_FORMATS))
+
+
+def test_at_least_can_bound_from_above():
+    from cellgap.core.clitools import at_least
+
+    parse = at_least(32, 2048)
+    assert parse("2048") == 2048
+    for text in ("31", "2049", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)
+
+
+def test_yaml_files_fail_in_one_line_naming_the_place(tmp_path):
+    from cellgap.core.configfile import read_yaml
+    from cellgap.core.errors import CellgapError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("a: 1\nb: {c: [1, 2\n")
+    with pytest.raises(CellgapError, match=r"c.yaml: not valid YAML \(.* at line 3, column 1\)$") as raised:
+        read_yaml(path, "config", CellgapError)
+    assert "\n" not in str(raised.value)
+    path.write_bytes(b"a: 1\nb: \xff\n")
+    with pytest.raises(CellgapError, match=r"not UTF-8 text \(byte 0xff at line 2\)"):
+        read_yaml(path, "config", CellgapError)
+    with pytest.raises(CellgapError, match="cannot read the config"):
+        read_yaml(tmp_path / "missing.yaml", "config", CellgapError)
+    path.write_text("a: 1\nb: [2]\n")
+    assert read_yaml(path, "config", CellgapError) == {"a": 1, "b": [2]}

@@ -1,15 +1,19 @@
 """The training job's settings: one typed model, filled from a YAML file and/or flags, validated once."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cellgap.core.configfile import read_yaml
+from cellgap.core.limits import MAX_SEED
 from cellgap.decoder.errors import DecoderError
 from cellgap.decoder.lossweights import LossWeights
 from cellgap.decoder.postprocess import PresetName
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class TrainConfig(BaseModel):
@@ -35,7 +39,7 @@ class TrainConfig(BaseModel):
     ema: float = Field(0.0, ge=0, lt=1, description=(
         "decay of the moving average of the weights that is validated and saved; 0 = off"))
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    seed: int = Field(0, description="seed of the weights, the shuffling and the augmentation")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the weights, the shuffling and the augmentation")
     resume: bool = Field(False, description="continue an interrupted run in --out")
     decoder: Literal["small", "base"] = Field("small", description="decoder widths (small: CPU-friendly)")
     val_every: int = Field(1, ge=1, description="validate every N epochs")
@@ -52,15 +56,21 @@ class TrainConfig(BaseModel):
     loader_threads: int = Field(2, ge=1, description="threads reading and decoding store batches")
     progress: bool = Field(True, description="progress bar (off: one log line per epoch)")
 
+    @field_validator("lr", "weight_decay")
+    @classmethod
+    def _fits_float32(cls, value: float) -> float:
+        """The optimiser keeps these in float32: a larger finite value fails inside torch. (An infinite one is let
+        through: the first non-finite loss then stops training, naming the epoch and the batch.)"""
+        if math.isfinite(value) and value > FLOAT32_MAX:
+            raise ValueError(f"{value:g} is more than the largest float32, {FLOAT32_MAX:.4g}")
+        return value
+
 
 def load_train_config(yaml_path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
     """Fields from the YAML file, then the flags given on the command line; one validation."""
     values: dict[str, Any] = {}
     if yaml_path is not None:
-        try:
-            loaded = yaml.safe_load(yaml_path.read_text())
-        except (OSError, yaml.YAMLError) as error:
-            raise DecoderError(f"{yaml_path}: cannot read config ({error})") from None
+        loaded = read_yaml(yaml_path, "training config", DecoderError)
         if not isinstance(loaded, dict):
             raise DecoderError(f"{yaml_path}: expected a mapping of training settings")
         values.update(loaded)
@@ -71,4 +81,4 @@ def load_train_config(yaml_path: Path | None, overrides: dict[str, Any]) -> Trai
         first = error.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
         source = f"{yaml_path}: " if yaml_path else ""
-        raise DecoderError(f"{source}training setting {where!r}: {first['msg']}") from None
+        raise DecoderError(f"{source}training setting {where!r}: {first['msg'].removeprefix('Value error, ')}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from cellgap.core.limits import MAX_SEED, MAX_SYNTHETIC_TILES
 from cellgap.featurestore.datasets.base import (
     SPLITS,
     DatasetInfo,
@@ -127,14 +128,23 @@ def _synthetic_options(text: str, spec: str) -> dict[str, int]:
     head, *rest = [part.strip() for part in text.split(",")]
     options = {"seed": 0, "classes": 3}
     try:
-        options["n"] = int(head)
+        options["n"] = _bounded_int(head)
         for part in rest:
             key, _, value = part.partition("=")
             if key not in ("seed", "classes"):
                 raise ValueError(f"unknown option {key!r}")
-            options[key] = int(value)
+            options[key] = _bounded_int(value)
     except ValueError as error:
         raise DatasetError(f"{spec!r}: expected synthetic:N[,seed=S][,classes=K] ({error})") from None
-    if options["n"] < 1 or not 1 <= options["classes"] <= 6:
-        raise DatasetError(f"{spec!r}: N must be >= 1 and classes between 1 and 6")
+    if not 1 <= options["n"] <= MAX_SYNTHETIC_TILES or not 1 <= options["classes"] <= 6:
+        raise DatasetError(f"{spec!r}: N must be between 1 and {MAX_SYNTHETIC_TILES} and classes between 1 and 6")
+    if not 0 <= options["seed"] <= MAX_SEED:
+        raise DatasetError(f"{spec!r}: seed must be between 0 and {MAX_SEED}")
     return options
+
+
+def _bounded_int(text: str) -> int:
+    """int(text), refusing more than 20 digits before converting (Python's own limit is 4300)."""
+    if len(text.strip()) > 20:
+        raise ValueError(f"{text[:20]}... has too many digits")
+    return int(text)

@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cellgap.core.limits import MAX_SEED, MAX_TILE_SIDE
+
 
 class EncoderSettings(BaseModel):
     """What the user asks for; validated once at the edge."""
@@ -19,10 +21,10 @@ class EncoderSettings(BaseModel):
     name: str
     pretrained: bool = True
     weights: Path | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     layers: str = "default"
-    tile_size: int = Field(256, ge=32)
-    input_size: int | None = Field(None, ge=32)
+    tile_size: int = Field(256, ge=32, le=MAX_TILE_SIDE)
+    input_size: int | None = Field(None, ge=32, le=MAX_TILE_SIDE)
 
 
 class LayerInfo(BaseModel):
