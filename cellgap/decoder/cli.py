@@ -13,6 +13,7 @@ from cellgap.core.clitools import (
     positive_int,
     unit_interval,
 )
+from cellgap.core.limits import MAX_IMAGE_PIXELS
 
 # TrainConfig fields that are flags of `train` (the loss weights are set in the YAML config)
 TRAIN_FLAGS: tuple[str, ...] = (
@@ -69,6 +70,13 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
                         help="split of --store to predict (default test)")
     parser.add_argument("--out", type=Path, required=True, help="prediction folder")
     parser.add_argument("--weights", type=Path, help="local encoder checkpoint when the run's weights are elsewhere")
+    images = parser.add_argument_group("image files (--images)")
+    images.add_argument("--max-pixels", type=positive_int, default=MAX_IMAGE_PIXELS, metavar="N",
+                        help="largest image (height x width) predicted, checked from each file's header before "
+                             f"anything is decoded (default {MAX_IMAGE_PIXELS}, as the service's)")
+    images.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out (refused otherwise); outputs are written to a temporary "
+                             "folder that replaces --out only when every image succeeded")
     add_device_option(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8, help="tiles per forward pass (default 8)")
     parser.add_argument("--min-score", type=unit_interval, default=0.0, metavar="S",
@@ -108,8 +116,12 @@ def _predict(args: argparse.Namespace) -> int:
                                 progress=not args.no_progress, min_score=args.min_score)
         gt = f"store:{args.store}" + ("" if split is None else f",split={split}")
     else:
+        from cellgap.featurestore.datasets.imageio import allow_pil_pixels
+
+        allow_pil_pixels(args.max_pixels)  # the limit chosen here is the one applied, not PIL's own
         summary = predict_images(args.run, args.images, args.out, device=args.device, weights=args.weights,
-                                 batch_size=args.batch_size, progress=not args.no_progress, min_score=args.min_score)
+                                 batch_size=args.batch_size, progress=not args.no_progress, min_score=args.min_score,
+                                 max_pixels=args.max_pixels, overwrite=args.overwrite)
         gt = "FORMAT:GROUND_TRUTH"
     for line in summary.lines():
         print(line)

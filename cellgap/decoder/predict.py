@@ -5,13 +5,15 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from cellgap.core.atomic import folder_replaced
+from cellgap.core.limits import MAX_IMAGE_PIXELS
 from cellgap.core.progress import progress_bar
 from cellgap.decoder.errors import PredictionError
 from cellgap.decoder.inference import instances_of
 from cellgap.decoder.loader import StoreBatches
 from cellgap.decoder.outputs import write_class_names, write_prediction
 from cellgap.decoder.predictor import Predictor, check_run_dir
-from cellgap.featurestore.datasets.imageio import IMAGE_SUFFIXES, read_image
+from cellgap.featurestore.datasets.imageio import IMAGE_SUFFIXES, check_image_size, read_image
 from cellgap.featurestore.store.reader import open_store
 
 log = logging.getLogger(__name__)
@@ -65,18 +67,35 @@ def image_files(path: Path) -> list[Path]:
 
 
 def predict_images(run_dir: Path, images: Path, out: Path, *, device: str = "auto", weights: Path | None = None,
-                   batch_size: int = 8, progress: bool = True, min_score: float = 0.0) -> PredictSummary:
-    """Predict image files of any size, encoding them on the fly with the run's encoder."""
+                   batch_size: int = 8, progress: bool = True, min_score: float = 0.0,
+                   max_pixels: int = MAX_IMAGE_PIXELS, overwrite: bool = False) -> PredictSummary:
+    """Predict image files of any size up to `max_pixels` each, encoding them on the fly with the run's encoder.
+
+    Every file's size is checked from its header before anything is predicted. The outputs are written to a
+    temporary folder beside `out` that replaces `out` only when every image succeeded; a non-empty `out` is
+    refused unless `overwrite`, and then replaced as a whole, so it never mixes new outputs with old ones."""
     check_run_dir(run_dir)
     files = image_files(images)
+    check_output_folder(out, overwrite)
+    for path in files:
+        check_image_size(path, max_pixels)
     predictor = Predictor.from_run(run_dir, device=device, weights=weights)
-    write_class_names(out, predictor.class_names)
     cells = 0
-    with progress_bar(len(files), "predict", unit="image", enabled=progress) as bar:
+    with folder_replaced(out) as partial, progress_bar(len(files), "predict", unit="image", enabled=progress) as bar:
+        write_class_names(partial, predictor.class_names)
         for path in files:
-            image = read_image(path)
+            image = read_image(path, max_pixels)
             found = predictor.predict_image(image, batch_size=batch_size).with_min_score(min_score)
-            write_prediction(out, path.stem, image, found, predictor.class_names)
+            write_prediction(partial, path.stem, image, found, predictor.class_names)
             cells += len(found)
             bar.update(1)
     return PredictSummary(out, len(files), cells)
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """`out` must be a folder that is absent or empty, or `overwrite` must say that it may be replaced."""
+    if out.exists() and not out.is_dir():
+        raise PredictionError(f"{out}: --out is a file, not a folder")
+    if out.is_dir() and not overwrite and any(out.iterdir()):
+        raise PredictionError(f"{out}: the output folder is not empty; pass --overwrite to replace it, "
+                              "or choose another --out")

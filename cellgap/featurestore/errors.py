@@ -30,3 +30,7 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
 
 class ManifestMismatchError(StoreError):
     """A store was written with another encoder, layer set, schema or data set than asked for."""
+
+
+class ImageTooLargeError(DatasetError):
+    """An image file holds more pixels than the limit (checked from its header, before decoding)."""

@@ -11,13 +11,18 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 
 from cellgap.core.tiling import crop, tile_origins
 from cellgap.featurestore.datasets.base import DatasetInfo, LabelledImage, MetasOnce, Tile, TileMeta
-from cellgap.featurestore.datasets.imageio import IMAGE_SUFFIXES, LABEL_SUFFIXES, read_image, read_label
+from cellgap.featurestore.datasets.imageio import (
+    IMAGE_SUFFIXES,
+    LABEL_SUFFIXES,
+    image_header_size,
+    read_image,
+    read_label,
+)
 from cellgap.featurestore.datasets.splitfile import read_split_file
 from cellgap.featurestore.datasets.splits import stratified_group_split
 from cellgap.featurestore.errors import DatasetError, DatasetNotFoundError
@@ -32,25 +37,6 @@ def files_by_stem(directory: Path, suffixes: tuple[str, ...], what: str) -> dict
                 raise DatasetError(f"{directory}: two {what} files named {path.stem!r} ({found[path.stem].name}, {path.name})")
             found[path.stem] = path
     return found
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file without decoding its pixels."""
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                shape = tif.pages[0].shape
-            if len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4):
-                return shape[1], shape[2]
-            return cast("tuple[int, int]", shape[:2])  # (height, width, ...)
-        from PIL import Image
-
-        with Image.open(path) as image:
-            return image.height, image.width
-    except (OSError, ValueError) as error:
-        raise DatasetError(f"{path}: cannot read image ({error})") from None
 
 
 def read_class_names(root: Path) -> tuple[str, ...] | None:
@@ -145,7 +131,7 @@ class ImageFolderDataset(MetasOnce):
     def _tiles(self) -> list[tuple[int, tuple[int, int]]]:
         tiles: list[tuple[int, tuple[int, int]]] = []
         for image_index, stem in enumerate(self.stems):
-            height, width = image_size(self.images[stem])
+            height, width = image_header_size(self.images[stem])
             try:
                 origins = tile_origins(height, width, self.tile_size)
             except ValueError as error:

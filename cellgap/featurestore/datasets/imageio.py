@@ -1,12 +1,17 @@
 """Reading images and label maps from files, with errors that name the file and the problem."""
 from __future__ import annotations
 
+import math
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cellgap.featurestore.errors import DatasetError, DatasetNotFoundError
+from cellgap.featurestore.errors import DatasetError, DatasetNotFoundError, ImageTooLargeError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -15,10 +20,13 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 LABEL_SUFFIXES: tuple[str, ...] = (".npy", ".tif", ".tiff", ".mat", ".png")
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An RGB image as (H,W,3) uint8; grey is replicated, alpha dropped, 16-bit scaled down."""
+def read_image(path: Path, max_pixels: int | None = None) -> np.ndarray:
+    """An RGB image as (H,W,3) uint8; grey is replicated, alpha dropped, 16-bit scaled down. With `max_pixels`,
+    the size in the header is checked first, so a larger image is refused before it is decoded."""
     if not path.is_file():
         raise DatasetNotFoundError(f"{path}: image file not found")
+    if max_pixels is not None:
+        check_image_size(path, max_pixels)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -27,11 +35,119 @@ def read_image(path: Path) -> np.ndarray:
         else:
             from PIL import Image
 
-            with Image.open(path) as image:
+            with _quiet_bomb_warnings(), Image.open(path) as image:
                 array = pil_pixels(image)
     except (OSError, ValueError) as error:
         raise DatasetError(f"{path}: cannot read image ({error})") from None
+    except Exception as error:  # noqa: BLE001 - PIL's DecompressionBombError and codec errors of damaged files
+        raise DatasetError(f"{path}: cannot read image ({type(error).__name__}: {error})") from None
     return to_rgb_uint8(array, str(path))
+
+
+def image_header_size(path: Path) -> tuple[int, int]:
+    """(height, width) from an image file's header, without decoding its pixels."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                if not tif.pages:
+                    raise DatasetError(f"{path}: the TIFF file has no pages")
+                shape = tuple(int(s) for s in tif.pages[0].shape)
+            if len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4):
+                return shape[1], shape[2]
+            if len(shape) < 2:
+                raise DatasetError(f"{path}: expected an image of shape (H,W) or (H,W,C), got {shape}")
+            return shape[0], shape[1]
+        from PIL import Image
+
+        with _quiet_bomb_warnings(), Image.open(path) as image:
+            return image.height, image.width
+    except DatasetError:
+        raise
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{path}: cannot read image ({error})") from None
+    except Exception as error:  # noqa: BLE001 - PIL's DecompressionBombError, damaged headers raise many kinds
+        from PIL import Image
+
+        if isinstance(error, Image.DecompressionBombError):
+            raise ImageTooLargeError(f"{path}: more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels, the most PIL "
+                                     "opens (a decompression bomb?)") from None
+        raise DatasetError(f"{path}: cannot read image header ({type(error).__name__}: {error})") from None
+
+
+def check_image_size(path: Path, max_pixels: int) -> tuple[int, int]:
+    """(height, width) from the header, or ImageTooLargeError when it holds more than `max_pixels` pixels."""
+    height, width = image_header_size(path)
+    if height * width > max_pixels:
+        raise ImageTooLargeError(f"{path}: {height} x {width} pixels is more than the limit of {max_pixels} pixels "
+                                 "(--max-pixels)")
+    return height, width
+
+
+def allow_pil_pixels(max_pixels: int) -> None:
+    """Raise PIL's own decompression-bomb limit to at least `max_pixels`, so that the limit a user chose is the
+    one applied (PIL refuses images over twice its limit when they are opened; it never lowers here)."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+@contextmanager
+def _quiet_bomb_warnings() -> Iterator[None]:
+    """PIL warns on stderr about images over its limit; the callers check sizes themselves and say so in one line."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, offset of the data) of a .npy file, read from its header and checked against the file's
+    size, so that a header claiming more than the file holds is refused before anything is allocated."""
+    from numpy.lib import format as npy_format
+
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+                raise DatasetError(f"{path}: not a .npy file (no NumPy header)")
+            handle.seek(0)
+            version = npy_format.read_magic(handle)
+            if version == (1, 0):
+                shape, _, dtype = npy_format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                shape, _, dtype = npy_format.read_array_header_2_0(handle)
+            else:
+                raise DatasetError(f"{path}: .npy format version {version[0]}.{version[1]} is not supported")
+            offset = handle.tell()
+            size = os.fstat(handle.fileno()).st_size
+    except DatasetError:
+        raise
+    except (OSError, ValueError, SyntaxError) as error:
+        raise DatasetError(f"{path}: damaged .npy header ({error})") from None
+    if dtype.hasobject:
+        raise DatasetError(f"{path}: the .npy file holds Python objects (pickled data), not numbers")
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > size - offset:
+        raise DatasetError(f"{path}: the .npy header claims shape {tuple(shape)} of {dtype} ({needed} bytes) but the "
+                           f"file holds {size - offset} bytes of data")
+    return tuple(shape), dtype, offset
+
+
+def load_npy(path: Path, what: str = ".npy file", mmap: bool = False) -> np.ndarray:
+    """A .npy file of numbers (never pickles), its header checked first (`npy_header`); `mmap` maps it read-only."""
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{path}: {what} not found")
+    npy_header(path)
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{path}: cannot read {what} ({error})") from None
 
 
 # PIL modes whose pixels are not colour values as stored (palettes, bilevel, other colour spaces)
@@ -82,7 +198,7 @@ def read_label(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
+            array = load_npy(path, "label file")
         elif suffix in (".tif", ".tiff"):
             import tifffile
 

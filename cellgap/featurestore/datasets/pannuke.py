@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from cellgap.featurestore.datasets.base import DatasetInfo, LabelledImage, MetasOnce, Tile, TileMeta
+from cellgap.featurestore.datasets.imageio import load_npy as load_npy_file
 from cellgap.featurestore.datasets.imageio import to_rgb_uint8
 from cellgap.featurestore.datasets.splitfile import read_split_file
 from cellgap.featurestore.datasets.splits import stratified_group_split
@@ -17,13 +18,8 @@ MAGNIFICATION = 40
 
 
 def load_npy(path: Path, what: str) -> np.ndarray:
-    """Memory-map a required .npy file (PanNuke folds are several GB)."""
-    if not path.is_file():
-        raise DatasetNotFoundError(f"{path}: {what} not found")
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise DatasetError(f"{path}: cannot read {what} ({error})") from None
+    """Memory-map a required .npy file (PanNuke folds are several GB), its header checked against the file."""
+    return load_npy_file(path, what, mmap=True)
 
 
 def combine_channels(masks: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -90,10 +86,7 @@ class PanNukeDataset(MetasOnce):
         path = self.root / "types.npy"
         if not path.is_file():
             return [""] * self._masks.shape[0]
-        try:
-            types = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise DatasetError(f"{path}: cannot read tissue types ({error})") from None
+        types = load_npy_file(path, "tissue types")
         if types.ndim != 1:
             raise DatasetError(f"{path}: expected shape (N,), got {types.shape}")
         return [str(t) for t in types]
