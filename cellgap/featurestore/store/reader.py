@@ -18,6 +18,7 @@ from cellgap.featurestore.encoders.description import EncoderDescription, LayerI
 from cellgap.featurestore.errors import StoreError
 from cellgap.featurestore.store import layout
 from cellgap.featurestore.store.arrays import array_at, local_root, read_all, shard_layout
+from cellgap.featurestore.store.consistency import check_arrays
 from cellgap.featurestore.store.location import open_group
 from cellgap.featurestore.store.manifest import ASSUMED_MAGNIFICATION, Manifest, check_encoder, parse_manifest
 from cellgap.featurestore.store.quantize import dequantize_int8
@@ -212,6 +213,7 @@ def open_store(location: str, *, expect_encoder: EncoderDescription | None = Non
     """Open a store read-only and check its manifest (and, if given, that its encoder is the expected one)."""
     group = open_group(str(location), mode="r")
     manifest = parse_manifest(group.attrs.asdict(), str(location))
+    check_arrays(group, manifest, str(location))
     if expect_encoder is not None:
         check_encoder(manifest, expect_encoder, str(location))
     return FeatureStore(str(location), group, manifest)
