@@ -1,7 +1,9 @@
 """The `cellgap` console script: it only gathers the subcommands that each package registers.
 
 Every handler receives the parsed namespace and returns an exit code. User errors (any
-`CellgapError`) become one line on stderr and exit code 2; Ctrl-C says how to resume.
+`CellgapError`) become one line on stderr and exit code 2; Ctrl-C says how to resume. Anything else
+that escapes a command (a MemoryError, an error inside torch) is also one line and exit code 2,
+never a traceback; `-v` prints the traceback before that line.
 """
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from cellgap.core.allocator import keep_freed_memory
 from cellgap.core.clitools import OneLineParser
+from cellgap.core.configfile import one_line
 from cellgap.core.errors import CellgapError
 from cellgap.core.threads import apply_before_torch, busy_cores, plan_threads
 from cellgap.core.version import cellgap_version
@@ -79,6 +83,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("cellgap: interrupted; completed work is kept, rerun the same command to resume\n")
         return 130
+    except Exception as error:  # noqa: BLE001 - the command boundary: whatever is left becomes one line
+        if args.verbose:
+            traceback.print_exc()
+        sys.stderr.write(f"cellgap: error: {unexpected_error_line(error)}\n")
+        return 2
+
+
+def unexpected_error_line(error: BaseException, limit: int = 400) -> str:
+    """One line for an error no cellgap check anticipated: its kind and message, shortened, and what to do."""
+    if isinstance(error, MemoryError):
+        what = "out of memory" + (f" ({one_line(error)})" if str(error) else "")
+        hint = "use smaller inputs or a smaller --batch-size"
+    else:
+        what = f"{type(error).__name__}: {one_line(error) or 'no message'}"
+        hint = "rerun with -v for the traceback"
+    if len(what) > limit:
+        what = what[: limit - 3] + "..."
+    return f"{what} ({hint})"
 
 
 if __name__ == "__main__":
