@@ -57,8 +57,8 @@ class Announcement:
 
 
 class Reservation:
-    """Queue room held for an item still being prepared; given back at the end of the `with` block unless
-    `submit` took it over."""
+    """Queue room held for items still being prepared; each `submit` with it takes its cost out of it, and
+    what is left is given back at the end of the `with` block."""
 
     def __init__(self, batcher: DynamicBatcher, cost: int) -> None:
         self._batcher, self.cost = batcher, cost
@@ -188,11 +188,13 @@ class DynamicBatcher(Generic[X, Y]):
         with self._lock:  # closed check and put under the lock close() takes: no item lands after _STOP
             if self._closed.is_set():
                 raise BatcherClosedError("the batcher is closed")
-            if reservation is not None:  # its room becomes the item's
-                self._pending -= reservation.cost
-                reservation.cost = 0
-            self._check_room(cost)
-            self._pending += cost
+            share = 0
+            if reservation is not None:  # the item takes its share of the reserved room (counted already)
+                share = min(reservation.cost, cost)
+                reservation.cost -= share
+            if cost > share:
+                self._check_room(cost - share)
+            self._pending += cost - share
             if announcement is not None and announcement.left > 0:
                 announcement.left -= 1
                 self._incoming -= 1

@@ -145,11 +145,13 @@ class ModelService:
                                        "tiles, counting uploads admitted and not yet decoded): retry later",
                                        code="busy", retry_after_s=self.settings.retry_after_s)
 
-    def reserve(self, height: int, width: int, what: str = "upload") -> Reservation:
-        """Room in the queue for an image of this size, taken from its header before it is decoded: a burst
-        is refused (503 busy) before its pixels are, and what is admitted is bounded by the queue."""
+    def reserve(self, sizes: Iterable[tuple[int, int]], what: str = "upload") -> Reservation:
+        """Room in the queue for images of these (height, width), read from their headers before they are
+        decoded: a burst is refused (503 busy) before its pixels are, and what is admitted is bounded by the
+        queue. One room for all the images of a request (each `predict` takes its share), so a request
+        costlier than the whole queue is still taken when the queue is empty."""
         try:
-            return self.batcher.reserve(self.cost_of(height, width))
+            return self.batcher.reserve(sum(self.cost_of(height, width) for height, width in sizes))
         except QueueFullError:
             raise self.busy_error(what) from None
         except BatcherClosedError:

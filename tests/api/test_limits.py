@@ -323,3 +323,14 @@ def test_the_openapi_schema_refuses_what_the_server_refuses():
     labels = components["LabelArrays"]["properties"]
     assert labels["instances"]["minItems"] == 1 and labels["instances"]["items"]["minItems"] == 1
     assert components["EvaluateArrays"]["properties"]["images"]["minItems"] == 1
+
+
+def test_a_batch_costlier_than_the_whole_queue_is_taken_when_the_queue_is_empty():
+    from fastapi.testclient import TestClient
+
+    settings = make_settings(queue_size=2, batch_size=4)
+    tile = png_bytes(np.full((64, 64, 3), 200, np.uint8))
+    with TestClient(create_app(settings, predictor_factory=lambda _: FakePredictor())) as client:
+        answer = client.post("/v1/predict/batch", files=[("files", (f"{i}.png", tile)) for i in range(3)])
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["results"]) == 3

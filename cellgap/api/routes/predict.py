@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from contextlib import ExitStack
 from enum import StrEnum
 from typing import Annotated
 
@@ -14,7 +13,6 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
-from cellgap.api.batcher import Reservation
 from cellgap.api.deps import ServiceDep, SettingsDep, require_api_key
 from cellgap.api.errors import TooLargeError
 from cellgap.api.memory import MemoryReleaser
@@ -86,25 +84,24 @@ def _finite(response: PredictResponse) -> PredictResponse:
     return response
 
 
-class _Admitted:
-    """An upload read, checked from its header and given room in the queue; not decoded yet."""
+class _Probed:
+    """An upload read and checked from its header; not decoded yet."""
 
-    def __init__(self, data: bytes, what: str, height: int, width: int, reservation: Reservation) -> None:
-        self.data, self.what, self.reservation = data, what, reservation
+    def __init__(self, data: bytes, what: str, height: int, width: int) -> None:
+        self.data, self.what, self.height, self.width = data, what, height, width
         self.pixels = height * width
 
 
-async def _admit(upload: UploadFile, field: str, service: ModelService, settings: Settings,
-                 stack: ExitStack) -> _Admitted:
-    """Read one upload, check its header and reserve its room in the queue (503 busy when there is none):
-    everything that can refuse it happens before its pixels are decoded."""
+async def _probe(upload: UploadFile, field: str, service: ModelService, settings: Settings) -> _Probed:
+    """Read one upload and check it from its header (format, channels, size): everything that can refuse it
+    before its pixels are decoded, except the queue's room (`ModelService.reserve`)."""
     data = await read_upload(upload, field, settings)
     what = describe_upload(upload, field)
     height, width = await run_in_threadpool(probe_image, data, _limits(settings, service), what)
-    return _Admitted(data, what, height, width, stack.enter_context(service.reserve(height, width, what)))
+    return _Probed(data, what, height, width)
 
 
-async def _decode(admitted: _Admitted, service: ModelService, settings: Settings,
+async def _decode(admitted: _Probed, service: ModelService, settings: Settings,
                   memory: MemoryReleaser) -> np.ndarray:
     async with service.decode_slot():  # at most max_decoding images decoded at once
         image = await run_in_threadpool(decode_image, admitted.data, _limits(settings, service), admitted.what)
@@ -135,10 +132,11 @@ async def predict(
     Tiles of the model's size are batched with concurrent requests; larger images go through
     overlapping sliding windows, smaller ones are padded.
     """
-    with service.announce() as announcement, ExitStack() as stack:
-        admitted = await _admit(file, "file", service, settings, stack)
-        image = await _decode(admitted, service, settings, request.app.state.memory)
-        instances = (await service.predict(image, announcement, admitted.reservation)).with_min_score(query.min_score)
+    with service.announce() as announcement:
+        probed = await _probe(file, "file", service, settings)
+        with service.reserve([(probed.height, probed.width)], probed.what) as room:  # 503 busy: not decoded
+            image = await _decode(probed, service, settings, request.app.state.memory)
+            instances = (await service.predict(image, announcement, room)).with_min_score(query.min_score)
     name, format = upload_name(file), query.format
     if format is OutputFormat.png:
         return Response(await run_in_threadpool(overlay_png, image, instances, service.class_names),
@@ -162,18 +160,21 @@ async def predict_batch(
     if len(files) > settings.max_files:
         raise TooLargeError(f"{len(files)} files in one request; at most {settings.max_files}", code="too_many_files")
     images: list[np.ndarray] = []
-    with service.announce(len(files)) as announcement, ExitStack() as stack:
-        admitted, pixels = [], 0
-        for upload in files:  # all checked from their headers and admitted before any is decoded
-            admitted.append(await _admit(upload, "files", service, settings, stack))
-            pixels += admitted[-1].pixels
+    with service.announce(len(files)) as announcement:
+        probed: list[_Probed] = []
+        pixels = 0
+        for upload in files:  # all checked from their headers before any is decoded
+            probed.append(await _probe(upload, "files", service, settings))
+            pixels += probed[-1].pixels
             if pixels > settings.max_image_pixels:
                 raise TooLargeError(f"the images of one batch may hold {settings.max_image_pixels} pixels together; "
-                                    f"these reach {pixels} at file {len(admitted)}", code="image_too_large")
-        for entry in admitted:  # all decoded before any is queued
-            images.append(await _decode(entry, service, settings, request.app.state.memory))
-        predicted = await asyncio.gather(*(service.predict(image, announcement, entry.reservation)
-                                           for image, entry in zip(images, admitted)), return_exceptions=True)
+                                    f"these reach {pixels} at file {len(probed)}", code="image_too_large")
+        # one room for the whole request (503 busy before any is decoded), which each image takes its share of
+        with service.reserve([(p.height, p.width) for p in probed], "request") as room:
+            for entry in probed:  # all decoded before any is queued
+                images.append(await _decode(entry, service, settings, request.app.state.memory))
+            predicted = await asyncio.gather(*(service.predict(image, announcement, room) for image in images),
+                                             return_exceptions=True)
     for outcome in predicted:
         if isinstance(outcome, BaseException):
             raise outcome
