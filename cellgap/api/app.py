@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None, *, predictor_factory: Predictor
     app.add_middleware(BodyTimeoutMiddleware, read_timeout_s=settings.read_timeout_s,
                        body_timeout_s=settings.body_timeout_s)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(BusyMiddleware, paths=PREDICT_PATHS, retry_after_s=settings.retry_after_s)
+    app.add_middleware(BusyMiddleware, paths=PREDICT_PATHS)  # its 503 carries the service's Retry-After
     app.add_middleware(MemoryReleaseMiddleware, releaser=app.state.memory)
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)  # runs before the body limit and the body
     app.add_middleware(MetricsMiddleware, metrics=registry, routes=app.routes)

@@ -36,8 +36,8 @@ class BusyMiddleware:
     """503 busy with Retry-After before a prediction's body is read while the model's queue has no room for
     even one more tile: a burst is refused before its uploads are received, let alone decoded."""
 
-    def __init__(self, app: ASGIApp, paths: tuple[str, ...], retry_after_s: int) -> None:
-        self.app, self.paths, self.retry_after_s = app, paths, retry_after_s
+    def __init__(self, app: ASGIApp, paths: tuple[str, ...]) -> None:
+        self.app, self.paths = app, paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
