@@ -42,13 +42,11 @@ from cellgap.decoder.slide_outputs import (
 )
 from cellgap.featurestore.slides.grid import Region, Roi, plan_regions
 from cellgap.featurestore.slides.reader import Slide, open_slide
+from cellgap.featurestore.slides.resolution import MPP_AT_MAGNIFICATION, read_scale
 from cellgap.featurestore.slides.tissue import detect_tissue, mask_preview
 from cellgap.featurestore.store.manifest import Manifest
 
 log = logging.getLogger(__name__)
-
-MPP_AT_MAGNIFICATION = {40: 0.25, 20: 0.5}  # the usual scanner pixel sizes, when a run records no mpp
-SAME_SCALE = 0.05  # slides within 5% of the run's pixel size are read as they are, not resampled
 
 
 class SlideSettings(BaseModel):
@@ -127,9 +125,7 @@ def _predict_slide(predictor: Predictor, slide: Slide, paths: SlidePaths, settin
     if slide_mpp is None:
         raise PredictionError(f"{slide.path}: the slide does not record its pixel size; give --mpp "
                               "(microns per pixel at full resolution, e.g. 0.25 for 40x)")
-    scale = target_mpp / slide_mpp
-    if abs(scale - 1.0) <= SAME_SCALE:
-        scale = 1.0
+    scale = read_scale(slide_mpp, target_mpp)
     width, height = slide.dimensions
     with measured(clock, "read"):
         thumbnail, downsample = slide.thumbnail(settings.thumbnail_side)

@@ -59,7 +59,8 @@ def encoder_settings(args: argparse.Namespace):
 
 def _register_extract(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("extract", help="run a frozen encoder over a data set into a feature store")
-    parser.add_argument("--dataset", required=True, help="FORMAT:PATH with FORMAT pannuke|conic|cytodark0|folder|synthetic")
+    parser.add_argument("--dataset", required=True, help="FORMAT:PATH with FORMAT pannuke|conic|cytodark0|folder|slides|synthetic "
+                             "(slides:PATH[,mpp=M][,tissue=F]: the tissue tiles of a slide or a folder of slides)")
     parser.add_argument("--store", required=True, help="output store (folder or fsspec URL)")
     add_encoder_options(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8, help="tiles per encoder forward pass (default 8)")
@@ -76,8 +77,9 @@ def _register_extract(commands: argparse._SubParsersAction) -> None:
                         help="also store features of flipped/rotated tiles for augmentation")
     parser.add_argument("--split-seed", type=at_least(0, MAX_SEED), default=0, help="seed of the split for data sets without one")
     parser.add_argument("--magnification", type=int, choices=(20, 40),
-                        help="objective magnification of a data set that does not know its own (folder:); "
-                             "sets targets, post-processing and F1_d. Unknown: 40x is assumed, said and recorded")
+                        help="objective magnification of a data set that does not know its own (folder:), or to "
+                             "read slides at (slides:, default their own); sets targets, post-processing and F1_d. "
+                             "Unknown: 40x is assumed, said and recorded")
     parser.add_argument("--mpp", type=positive_float, help="microns per pixel, recorded in the manifest")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workers", type=positive_int, help="run on a local dask cluster of N worker processes")

@@ -1,4 +1,4 @@
-"""Data set readers, chosen by a `FORMAT:PATH` spec: pannuke, conic, cytodark0, folder, synthetic.
+"""Data set readers, chosen by a `FORMAT:PATH` spec: pannuke, conic, cytodark0, folder, slides, synthetic.
 
 `open_dataset` gives tiles for extraction; `open_label_source` gives whole labelled images for
 evaluation (only the label files need to exist).
@@ -20,8 +20,8 @@ from cellgap.featurestore.datasets.base import (
 )
 from cellgap.featurestore.errors import DatasetError
 
-FORMATS: tuple[str, ...] = ("pannuke", "conic", "cytodark0", "folder", "synthetic")
-LABEL_FORMATS: tuple[str, ...] = FORMATS + ("store",)
+FORMATS: tuple[str, ...] = ("pannuke", "conic", "cytodark0", "folder", "slides", "synthetic")
+LABEL_FORMATS: tuple[str, ...] = tuple(f for f in FORMATS if f != "slides") + ("store",)  # slides have no labels
 
 __all__ = [
     "FORMATS", "SPLITS", "DatasetInfo", "LabelSource", "LabelledImage", "Tile", "TileDataset", "TileMeta",
@@ -42,9 +42,14 @@ def parse_spec(spec: str, formats: tuple[str, ...] = FORMATS) -> tuple[str, str]
     return fmt, path
 
 
-def open_dataset(spec: str, *, tile_size: int = 256, split_seed: int = 0) -> TileDataset:
-    """A random-access tile reader for `FORMAT:PATH` (tile_size applies to formats that cut tiles)."""
+def open_dataset(spec: str, *, tile_size: int = 256, split_seed: int = 0, magnification: int | None = None) -> TileDataset:
+    """A random-access tile reader for `FORMAT:PATH` (tile_size applies to formats that cut tiles; slides are
+    read at `magnification`, else at their own)."""
     fmt, path = parse_spec(spec)
+    if fmt == "slides":
+        from cellgap.featurestore.datasets.slides import SlideTiles, parse_slides_spec
+
+        return SlideTiles(parse_slides_spec(path, spec), tile_size=tile_size, magnification=magnification)
     if fmt == "synthetic":
         from cellgap.featurestore.datasets.sample import SyntheticDataset
 

@@ -73,6 +73,7 @@ class DatasetInfo:
     tile_size: int
     split_policy: str  # "dataset" (its own split) or "seeded-stratified(seed=..., by=...)"
     extra: dict[str, str] = field(default_factory=dict)
+    mpp: float | None = None  # microns per pixel of the tiles, where the data set knows it (slides)
 
 
 class MetasOnce:

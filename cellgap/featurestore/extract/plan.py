@@ -47,14 +47,18 @@ def plan_extraction(config: ExtractConfig, *, device: str | None = None) -> Extr
     The manifest does not depend on the device: a plan made on a CPU describes the same store as one
     made on a GPU.
     """
-    dataset = open_dataset(config.dataset, tile_size=config.encoder.tile_size, split_seed=config.split_seed)
+    dataset = open_dataset(config.dataset, tile_size=config.encoder.tile_size, split_seed=config.split_seed,
+                           magnification=config.magnification)
     config = effective_config(config, dataset.info.tile_size)
     metas = dataset.metas()
     if not metas:
         raise DatasetError(f"{config.dataset}: the data set has no tiles")
     info, source = settle_magnification(dataset.info, config.dataset, config.magnification)
+    mpp = config.mpp if config.mpp is not None else info.mpp
+    if config.mpp is not None and info.mpp is not None and abs(config.mpp / info.mpp - 1) > 0.05:
+        raise DatasetError(f"{config.dataset}: its tiles are read at {info.mpp} um per pixel, not --mpp {config.mpp}")
     encoder = FrozenEncoder(config.encoder, device=pick_device(device or config.device))
     storage = StorageRecord(dtype=config.dtype, codec=config.codec, shard_tiles=config.shard_tiles,
                             views=VIEW_SETS[config.views])
     return ExtractionPlan(config, dataset, metas, encoder, new_manifest(encoder.description, info, metas, storage,
-                                                                             magnification_source=source, mpp=config.mpp))
+                                                                             magnification_source=source, mpp=mpp))
