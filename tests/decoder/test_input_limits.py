@@ -124,9 +124,6 @@ def test_a_failing_image_leaves_the_output_folder_as_it_was(tmp_path, trained_ru
     (images / "b_damaged.png").unlink()
     summary = predict_images(trained_run, images, out, progress=False, overwrite=True)
     assert summary.images == 1 and (out / "labels" / "a_good.npy").exists() and not (out / "old.txt").exists()
-    fresh = tmp_path / "fresh"
-    predict_images(trained_run, images, fresh, progress=False)  # an absent --out needs no --overwrite
-    assert (fresh / "labels" / "a_good.npy").exists()
 
 
 def test_an_unexpected_error_at_the_command_boundary_is_one_line(monkeypatch, capsys):
