@@ -14,6 +14,7 @@ from cellgap.core.clitools import (
     unit_interval,
 )
 from cellgap.core.limits import MAX_IMAGE_PIXELS
+from cellgap.decoder.errors import PredictionError
 
 # TrainConfig fields that are flags of `train` (the loss weights are set in the YAML config)
 TRAIN_FLAGS: tuple[str, ...] = (
@@ -91,6 +92,11 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
     slides.add_argument("--labels", action="store_true",
                         help="also write SLIDE.labels.zarr, the instance labels at full resolution (ids as in the CSV)")
     slides.add_argument("--no-tissue", action="store_true", help="predict everywhere, not only over detected tissue")
+    slides.add_argument("--workers", type=positive_int, metavar="N",
+                        help="predict N slides at once on a local dask cluster (one slide per task)")
+    slides.add_argument("--scheduler", metavar="ADDRESS",
+                        help="predict on an existing dask cluster (tcp://host:8786); slides, run and --out must be "
+                             "visible to every worker")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_predict)
 
@@ -110,6 +116,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.slides:
         return _predict_slides(args)
+    if args.workers or args.scheduler:
+        raise PredictionError("--workers and --scheduler spread slides over a cluster: use them with --slides")
     if args.store:
         split = None if args.split == "all" else args.split
         summary = predict_store(args.run, args.store, split, args.out, device=args.device, batch_size=args.batch_size,
@@ -134,8 +142,17 @@ def _predict_slides(args: argparse.Namespace) -> int:
 
     settings = SlideSettings(region_size=args.region_size, mpp=args.mpp, roi=args.roi, tissue=not args.no_tissue,
                              labels=args.labels, min_score=args.min_score, batch_size=args.batch_size)
-    summaries = predict_slides(args.run, list(args.slides), args.out, settings, device=args.device,
-                               weights=args.weights, progress=not args.no_progress)
+    if args.workers or args.scheduler:
+        from cellgap.core.progress import progress_bar
+        from cellgap.decoder.slide_cluster import predict_slides_on_dask
+
+        with progress_bar(len(args.slides), "slides", unit="slide", enabled=not args.no_progress) as bar:
+            summaries = predict_slides_on_dask(args.run, list(args.slides), args.out, settings,
+                                               scheduler=args.scheduler, workers=args.workers, device=args.device,
+                                               weights=args.weights, on_slide=lambda _: bar.update(1))
+    else:
+        summaries = predict_slides(args.run, list(args.slides), args.out, settings, device=args.device,
+                                   weights=args.weights, progress=not args.no_progress)
     for summary in summaries:
         print(summary.line())
     print(f"{args.out}: open SLIDE.geojson.gz in QuPath (File > Import objects) over the slide")

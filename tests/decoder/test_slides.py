@@ -229,3 +229,27 @@ def test_bench_slides_times_every_stage_of_a_real_prediction(tmp_path, finding_r
     assert all(seconds > 0 for seconds in row["stage_seconds"].values())
     assert row["s_per_mm2"] == pytest.approx(row["seconds"] / row["tissue_mm2"], rel=0.02)
     assert "nuclei/s" in done.stdout and "slowest" in done.stdout
+
+
+def test_slides_spread_over_dask_workers_give_the_outputs_of_a_local_run(tmp_path, finding_run, he_slide):
+    import shutil
+
+    second = tmp_path / "he2.tif"
+    shutil.copy(he_slide, second)
+    args = ["--run", str(finding_run), "--region-size", "256", "--no-progress"]
+    # each of 2 local workers gets 1 of the 2 cores; a one-thread local run sums in the same order
+    local = subprocess.run([CELLGAP, "predict", *args, "--slides", str(he_slide), "--out", str(tmp_path / "local")],
+                           capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert local.returncode == 0, local.stderr
+    spread = run_cli("predict", *args, "--slides", str(he_slide), str(second), "--out", str(tmp_path / "dask"),
+                     "--workers", "2")
+    assert spread.returncode == 0, spread.stderr
+    assert outputs_of(tmp_path / "dask") == outputs_of(tmp_path / "local")
+    def without_ids(path: Path) -> list[dict]:
+        return [{**f, "id": None} for f in json.loads(gzip.decompress(path.read_bytes()))["features"]]
+
+    # the same pixels under another name: the same nuclei, with ids of their own slide
+    assert without_ids(tmp_path / "dask" / "he2.geojson.gz") == without_ids(tmp_path / "local" / "he.geojson.gz")
+    assert [line.split(":")[0] for line in spread.stdout.splitlines()[:2]] == ["he", "he2"]
+    refused = run_cli("predict", *args, "--images", str(he_slide), "--out", str(tmp_path / "x"), "--workers", "2")
+    assert refused.returncode == 2 and "use them with --slides" in refused.stderr

@@ -82,45 +82,38 @@ def extract_task(config: ExtractConfig, shards: list[int], manifest_sha: str, n_
     return encode_shards(dataset, encoder, writer, shards, config.batch_size, replicas=config.replicas)
 
 
-def _client(config: ExtractConfig):
-    from distributed import Client, LocalCluster
-
-    if config.scheduler:
-        try:
-            return Client(config.scheduler, timeout="20s"), None
-        except (OSError, TimeoutError) as error:
-            raise StoreError(f"cannot reach the dask scheduler at {config.scheduler} ({error})") from None
-    cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=logging.ERROR)
-    return Client(cluster), cluster
-
-
 def run_on_dask(config: ExtractConfig, shards: Sequence[int], manifest_sha: str,
                 on_tiles: Callable[[int], None] | None = None) -> int:
     """Spread shards over the cluster's workers (one task per shard) and wait for all of them."""
+
+    from cellgap.core.cluster import ClusterError, dask_client
+
+    try:
+        with dask_client(config.scheduler, config.workers) as (client, local):
+            return _run_tasks(client, local, config, shards, manifest_sha, on_tiles)
+    except ClusterError as error:
+        raise StoreError(str(error)) from None
+
+
+def _run_tasks(client: Any, local: bool, config: ExtractConfig, shards: Sequence[int], manifest_sha: str,
+               on_tiles: Callable[[int], None] | None) -> int:
     from distributed import as_completed
 
-    client, cluster = _client(config)
+    client.register_plugin(ExtractionWorker(), name=PLUGIN_NAME)
+    n_workers = max(1, len(client.nthreads()))
+    task_config = config.model_copy(update={"progress": False})
+    futures = [client.submit(extract_task, task_config, [shard], manifest_sha, n_workers if local else 1,
+                             pure=False, key=f"cellgap-shard-{shard}")
+               for shard in shards]
+    written = 0
     try:
-        client.register_plugin(ExtractionWorker(), name=PLUGIN_NAME)
-        n_workers = max(1, len(client.nthreads()))
-        task_config = config.model_copy(update={"progress": False})
-        futures = [client.submit(extract_task, task_config, [shard], manifest_sha,
-                                 n_workers if cluster is not None else 1, pure=False, key=f"cellgap-shard-{shard}")
-                   for shard in shards]
-        written = 0
-        try:
-            for future in as_completed(futures):
-                count = future.result()
-                written += count
-                if on_tiles is not None:
-                    on_tiles(count)
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-        return written
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        for future in as_completed(futures):
+            count = future.result()
+            written += count
+            if on_tiles is not None:
+                on_tiles(count)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    return written
