@@ -31,17 +31,25 @@ def predicted_maps(model: CellDecoder, batches: StoreBatches) -> Iterator[tuple[
 def score_maps(tiles: Iterable[tuple[int, TileMaps]], store: FeatureStore, postprocess: PostprocessConfig,
                n_classes: int) -> MetricsReport:
     """Post-process each tile's maps exactly as prediction does and score them against the store's labels."""
+    return score_pair_list(labelled_pairs(tiles, store, postprocess, n_classes), store, n_classes)
+
+
+def labelled_pairs(tiles: Iterable[tuple[int, TileMaps]], store: FeatureStore, postprocess: PostprocessConfig,
+                   n_classes: int) -> Iterator[tuple[LabelledImage, LabelledImage]]:
+    """(truth, prediction) per tile, the prediction post-processed exactly as `predict` does."""
     typed = n_classes > 0
+    for index, maps in tiles:
+        truth, truth_classes = (part[0] for part in store.read_labels(np.array([index])))
+        found = instances_of(maps, postprocess)
+        name, tissue = store.names[index], store.tissues[index]
+        yield (LabelledImage(name, truth, truth_classes if typed else None, tissue),
+               LabelledImage(name, found.labels, found.class_map() if typed else None, tissue))
 
-    def pairs() -> Iterator[tuple[LabelledImage, LabelledImage]]:
-        for index, maps in tiles:
-            truth, truth_classes = (part[0] for part in store.read_labels(np.array([index])))
-            found = instances_of(maps, postprocess)
-            name, tissue = store.names[index], store.tissues[index]
-            yield (LabelledImage(name, truth, truth_classes if typed else None, tissue),
-                   LabelledImage(name, found.labels, found.class_map() if typed else None, tissue))
 
-    return score_pairs(pairs(), class_names=store.class_names, n_classes=n_classes or None,
+def score_pair_list(pairs: Iterable[tuple[LabelledImage, LabelledImage]], store: FeatureStore,
+                    n_classes: int) -> MetricsReport:
+    """The metrics of (truth, prediction) pairs of a store's tiles, at the store's magnification."""
+    return score_pairs(pairs, class_names=store.class_names, n_classes=n_classes or None,
                        radius=radius_at(store.magnification))
 
 
