@@ -178,6 +178,16 @@ def _register_bench(bench: argparse._SubParsersAction) -> None:
     threads.add_argument("--json", type=Path, metavar="OUT", help="also write the table as JSON")
     threads.set_defaults(handler=_bench_threads)
 
+    predict = bench.add_parser("predict", help="predicting image files against its parts: a store's prediction plus "
+                                               "the encoder's own time on the same tiles")
+    predict.add_argument("--run", type=Path, required=True, help="run directory of the model to time")
+    predict.add_argument("--tiles", type=positive_int, default=96, help="synthetic tile files (default 96)")
+    predict.add_argument("--batch-size", type=positive_int, default=8, help="tiles per forward pass (default 8)")
+    predict.add_argument("--rounds", type=positive_int, default=3,
+                         help="rounds of the three timings in alternating order, reported as medians (default 3)")
+    add_device_option(predict)
+    predict.add_argument("--json", type=Path, metavar="OUT", help="also write the result as JSON")
+    predict.set_defaults(handler=_bench_predict)
     slides = bench.add_parser("slides", help="whole-slide prediction: nuclei/s, s/mm2 and the time of each stage")
     slides.add_argument("--run", type=Path, required=True, help="run directory of the model to time")
     slides.add_argument("--slide", type=Path, help="a slide to time (default: a synthetic one at the run's mpp)")
@@ -189,6 +199,13 @@ def _register_bench(bench: argparse._SubParsersAction) -> None:
     add_device_option(slides)
     slides.add_argument("--json", type=Path, metavar="OUT", help="also write the result as JSON")
     slides.set_defaults(handler=_bench_slides)
+
+
+def _bench_predict(args: argparse.Namespace) -> int:
+    from cellgap.decoder.bench_predict import run_predict_bench
+
+    run_predict_bench(args.run, args.tiles, args.batch_size, args.rounds, args.device, args.json)
+    return 0
 
 
 def _tissue_share(text: str) -> float:

@@ -8,12 +8,14 @@ from pathlib import Path
 from cellgap.core.atomic import folder_replaced
 from cellgap.core.limits import MAX_IMAGE_PIXELS
 from cellgap.core.progress import progress_bar
+from cellgap.core.stages import StageClock
 from cellgap.decoder.errors import PredictionError
+from cellgap.decoder.image_pipeline import predict_files
 from cellgap.decoder.inference import instances_of
 from cellgap.decoder.loader import StoreBatches
 from cellgap.decoder.outputs import write_class_names, write_prediction
 from cellgap.decoder.predictor import Predictor, check_run_dir
-from cellgap.featurestore.datasets.imageio import IMAGE_SUFFIXES, check_image_size, read_image
+from cellgap.featurestore.datasets.imageio import IMAGE_SUFFIXES, check_image_size
 from cellgap.featurestore.store.reader import open_store
 
 log = logging.getLogger(__name__)
@@ -31,10 +33,12 @@ class PredictSummary:
 
 
 def predict_store(run_dir: Path, store_path: str, split: str | None, out: Path, *, device: str = "auto",
-                  batch_size: int = 8, progress: bool = True, min_score: float = 0.0) -> PredictSummary:
+                  batch_size: int = 8, progress: bool = True, min_score: float = 0.0,
+                  predictor: Predictor | None = None) -> PredictSummary:
     """Predict tiles of a store from their stored features (the store must come from the run's encoder);
-    cells with a detection score below `min_score` are left out of every output."""
-    predictor = Predictor.from_run(run_dir, device=device, with_encoder=False)
+    cells with a detection score below `min_score` are left out of every output. A `predictor` already
+    loaded from `run_dir` is used as it is."""
+    predictor = predictor or Predictor.from_run(run_dir, device=device, with_encoder=False)
     store = open_store(store_path, expect_encoder=predictor.checkpoint.manifest.encoder)
     indices = store.indices(split)
     if len(indices) == 0:
@@ -68,7 +72,8 @@ def image_files(path: Path) -> list[Path]:
 
 def predict_images(run_dir: Path, images: Path, out: Path, *, device: str = "auto", weights: Path | None = None,
                    batch_size: int = 8, progress: bool = True, min_score: float = 0.0,
-                   max_pixels: int = MAX_IMAGE_PIXELS, overwrite: bool = False) -> PredictSummary:
+                   max_pixels: int = MAX_IMAGE_PIXELS, overwrite: bool = False,
+                   clock: StageClock | None = None, predictor: Predictor | None = None) -> PredictSummary:
     """Predict image files of any size up to `max_pixels` each, encoding them on the fly with the run's encoder.
 
     Every file's size is checked from its header before anything is predicted. The outputs are written to a
@@ -79,16 +84,11 @@ def predict_images(run_dir: Path, images: Path, out: Path, *, device: str = "aut
     check_output_folder(out, overwrite)
     for path in files:
         check_image_size(path, max_pixels)
-    predictor = Predictor.from_run(run_dir, device=device, weights=weights)
-    cells = 0
+    predictor = predictor or Predictor.from_run(run_dir, device=device, weights=weights)
     with folder_replaced(out) as partial, progress_bar(len(files), "predict", unit="image", enabled=progress) as bar:
         write_class_names(partial, predictor.class_names)
-        for path in files:
-            image = read_image(path, max_pixels)
-            found = predictor.predict_image(image, batch_size=batch_size).with_min_score(min_score)
-            write_prediction(partial, path.stem, image, found, predictor.class_names)
-            cells += len(found)
-            bar.update(1)
+        cells = predict_files(predictor, files, partial, batch_size=batch_size, min_score=min_score,
+                              max_pixels=max_pixels, on_image=lambda: bar.update(1), clock=clock)
     return PredictSummary(out, len(files), cells)
 
 

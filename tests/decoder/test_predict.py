@@ -234,3 +234,38 @@ def test_a_run_name_that_cannot_be_an_id_is_refused(tmp_path, conv_store):
 
     with pytest.raises(DecoderError, match="'name'"):
         load_train_config(None, {"store": str(conv_store), "out": tmp_path / "r", "name": "my run/1"})
+
+
+def test_tile_files_batched_across_files_give_what_each_file_alone_gives(tmp_path, trained_run):
+    """Tiles of many files share forward passes (the order of files mixed with larger ones); every file's labels
+    are those of predicting it on its own."""
+    from PIL import Image
+
+    from cellgap.decoder.predict import predict_images
+    from cellgap.featurestore.datasets.synthetic import make_image, make_tile
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    images = {f"t{i}": make_tile(40 + i).image for i in range(7)}
+    images["wide"] = make_image(9, 256, 400).image  # between tiles: a sliding-window file
+    images["t7"] = make_tile(60).image
+    for name, image in images.items():
+        Image.fromarray(image).save(folder / f"{name}.png")
+    predictor = Predictor.from_run(trained_run)
+    summary = predict_images(trained_run, folder, tmp_path / "out", batch_size=3, progress=False, predictor=predictor)
+    assert summary.images == 9
+    for name, image in images.items():
+        alone = predictor.predict_image(image)
+        stored = np.load(tmp_path / "out" / "labels" / f"{name}.npy")
+        assert np.array_equal(stored[..., 0], alone.labels), name
+    assert summary.cells == sum(len(np.unique(np.load(p)[..., 0])) - 1 for p in (tmp_path / "out" / "labels").glob("*"))
+
+
+def test_bench_predict_times_files_store_and_encoder_on_the_same_tiles(tmp_path, trained_run):
+    from cellgap.decoder.bench_predict import run_predict_bench
+
+    row = run_predict_bench(trained_run, n_tiles=6, batch_size=4, rounds=1, device="cpu",
+                            json_path=tmp_path / "bench.json")
+    assert row.tiles == 6 and row.images_tiles_per_s > 0 and row.store_tiles_per_s > 0
+    assert row.parts_over_images > 0 and all(row.stage_seconds[s] > 0 for s in ("read", "encode", "decode", "write"))
+    assert json.loads((tmp_path / "bench.json").read_text())[0]["tiles"] == 6
