@@ -122,3 +122,17 @@ def write_cytodark0(root: Path, images, labels, folds) -> Path:
         rows.append(f"img{i},{fold}")
     (base / "folds.csv").write_text("\n".join(rows) + "\n")
     return root
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run where CUDA is present and are skipped, saying so, everywhere else."""
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)

@@ -105,7 +105,7 @@ def run_status(run_dir: Path, wanted: TrainConfig, manifest: Manifest) -> tuple[
     if changed:
         return "stale", f"trained with other settings ({', '.join(changed[:4])})"
     try:
-        check_compatible(trained_on, manifest, str(run_dir))
+        check_compatible(trained_on, manifest, str(run_dir), writing=False)
     except ManifestMismatchError:
         return "stale", "trained on features of another store"
     if has_metrics:

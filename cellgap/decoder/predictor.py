@@ -21,8 +21,9 @@ from cellgap.decoder.inference import TileMaps, forward_probabilities, instances
 from cellgap.decoder.postprocess import Instances
 from cellgap.decoder.sliding import blend_windows, pad_to_tile
 from cellgap.featurestore.encoders.encoder import EncoderSettings, FrozenEncoder, pick_device
+from cellgap.featurestore.encoders.precision import UNKNOWN
 from cellgap.featurestore.errors import ManifestMismatchError
-from cellgap.featurestore.store.manifest import Manifest, differences
+from cellgap.featurestore.store.manifest import Manifest, encoder_differences
 
 
 def encoder_settings_for(manifest: Manifest, weights: Path | None = None) -> EncoderSettings:
@@ -31,7 +32,8 @@ def encoder_settings_for(manifest: Manifest, weights: Path | None = None) -> Enc
     source = description.weights_source
     layers = ",".join(str(layer.index) for layer in description.layers)
     common = {"name": description.name, "layers": layers, "tile_size": manifest.dataset.tile_size,
-              "input_size": description.input_size if description.resize else None}
+              "input_size": description.input_size if description.resize else None,
+              "precision": "auto" if description.precision == UNKNOWN else description.precision}
     if weights is not None:
         return EncoderSettings(weights=weights, **common)
     if source.startswith("random:seed="):
@@ -179,7 +181,7 @@ def check_image(image: np.ndarray) -> None:
 
 def check_same_encoder(manifest: Manifest, encoder: FrozenEncoder, where: str) -> None:
     """The rebuilt encoder must be the one the decoder was trained on (weights, layers, preprocessing)."""
-    diff = differences(manifest.encoder.identity(), encoder.description.identity())
+    diff = encoder_differences(manifest.encoder, encoder.description)
     if diff:
         raise ManifestMismatchError(f"{where}: the encoder built for prediction differs from the one the decoder was "
                                     f"trained on ({', '.join(diff[:4])}); pass the original --weights")

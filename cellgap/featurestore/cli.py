@@ -32,6 +32,9 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=at_least(32, MAX_TILE_SIDE),
                         help=f"side fed to the model, 32 to {MAX_TILE_SIDE} (default: tile size, or a 16x16 grid for "
                              "patch-14 ViTs)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="the encoder's compute precision, recorded in the store's manifest (a store never mixes "
+                             "two; a run reads only its own): auto = bf16 on CUDA devices that have it, else fp32")
 
 
 def _layer_spec(text: str) -> str:
@@ -54,7 +57,8 @@ def encoder_settings(args: argparse.Namespace):
 
     check_layers_for_family(args.layers, resolve_preset(args.encoder).family)
     return EncoderSettings(name=args.encoder, pretrained=args.pretrained, weights=args.weights, seed=args.seed,
-                           layers=args.layers, tile_size=args.tile_size, input_size=args.input_size)
+                           layers=args.layers, tile_size=args.tile_size, input_size=args.input_size,
+                           precision=args.precision)
 
 
 def _register_extract(commands: argparse._SubParsersAction) -> None:

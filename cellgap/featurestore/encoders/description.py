@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from cellgap.core.limits import MAX_SEED, MAX_TILE_SIDE
+from cellgap.featurestore.encoders.precision import PrecisionChoice, RecordedPrecision
 
 
 class EncoderSettings(BaseModel):
@@ -25,6 +26,7 @@ class EncoderSettings(BaseModel):
     layers: str = "default"
     tile_size: int = Field(256, ge=32, le=MAX_TILE_SIDE)
     input_size: int | None = Field(None, ge=32, le=MAX_TILE_SIDE)
+    precision: PrecisionChoice = "auto"  # compute precision; auto: bf16 on CUDA devices that have it, else fp32
 
 
 class LayerInfo(BaseModel):
@@ -59,6 +61,7 @@ class EncoderDescription(BaseModel):
     layers: tuple[LayerInfo, ...]
     timm_version: str
     torch_version: str
+    precision: RecordedPrecision = "unknown"  # the forward pass's autocast; "unknown" in manifests older than it
 
     def identity(self) -> dict[str, Any]:
         """The fields that must agree for two stores or a store and a run to be interchangeable."""

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from cellgap.featurestore.encoders.description import EncoderDescription, EncoderSettings, LayerInfo
 from cellgap.featurestore.encoders.hub import offline_unless_reachable
 from cellgap.featurestore.encoders.layers import select_layers
+from cellgap.featurestore.encoders.precision import autocast, resolve_precision
 from cellgap.featurestore.encoders.registry import EncoderPreset, is_fixed_size_vit, resolve_preset, takes_dynamic_size
 from cellgap.featurestore.encoders.weights import (
     load_state,
@@ -128,6 +129,7 @@ class FrozenEncoder:
         mean = preset.mean or tuple(float(v) for v in config["mean"])
         std = preset.std or tuple(float(v) for v in config["std"])
         self.device = torch.device(device)
+        self.precision = resolve_precision(settings.precision, self.device.type)
         self.model.to(self.device)
         self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
@@ -153,6 +155,7 @@ class FrozenEncoder:
             layers=layers,
             timm_version=timm.__version__,
             torch_version=torch.__version__,
+            precision=self.precision,
         )
 
     def _input_policy(self, model: torch.nn.Module, single_stride: bool) -> tuple[int, bool, str]:
@@ -184,7 +187,10 @@ class FrozenEncoder:
         return size, size != tile, "native"
 
     def to(self, device: torch.device | str) -> FrozenEncoder:
-        """Move the model to another device in place (a store planned on a CPU, extracted on a GPU)."""
+        """Move the model to another device in place (a store planned on a CPU, extracted on a GPU).
+
+        The precision stays the one described: plan with the settings' precision resolved for the device
+        that will extract (`plan_extraction` does), not for the device that planned."""
         self.device = torch.device(device)
         self.model.to(self.device)
         self._mean, self._std = self._mean.to(self.device), self._std.to(self.device)
@@ -206,10 +212,7 @@ class FrozenEncoder:
     @torch.inference_mode()
     def __call__(self, tiles: torch.Tensor) -> list[torch.Tensor]:
         x = self.preprocess(tiles.to(self.device, non_blocking=True))
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                maps = _timm_api(self.model).forward_intermediates(x, indices=self.indices, intermediates_only=True)
-        else:
+        with autocast(self.precision, self.device):
             maps = _timm_api(self.model).forward_intermediates(x, indices=self.indices, intermediates_only=True)
         return [m.float() for m in maps]
 

@@ -13,6 +13,7 @@ from cellgap.core.views import VIEW_SETS
 from cellgap.featurestore.datasets import open_dataset
 from cellgap.featurestore.datasets.base import TileDataset, TileMeta
 from cellgap.featurestore.encoders.encoder import FrozenEncoder, pick_device
+from cellgap.featurestore.encoders.precision import resolve_precision
 from cellgap.featurestore.errors import DatasetError
 from cellgap.featurestore.extract.config import ExtractConfig
 from cellgap.featurestore.extract.magnification import settle_magnification
@@ -41,12 +42,21 @@ def effective_config(config: ExtractConfig, tile_size: int) -> ExtractConfig:
     return config.model_copy(update={"encoder": config.encoder.model_copy(update={"tile_size": tile_size})})
 
 
+def settled_precision(config: ExtractConfig) -> ExtractConfig:
+    """The config with `auto` precision resolved for the device that will extract (`config.device`)."""
+    if config.encoder.precision != "auto":
+        return config
+    precision = resolve_precision("auto", pick_device(config.device).type)
+    return config.model_copy(update={"encoder": config.encoder.model_copy(update={"precision": precision})})
+
+
 def plan_extraction(config: ExtractConfig, *, device: str | None = None) -> ExtractionPlan:
     """Open the data set and build the encoder (on `device`, else the config's) as `run_extraction` needs them.
 
-    The manifest does not depend on the device: a plan made on a CPU describes the same store as one
-    made on a GPU.
+    The manifest does not depend on the planning device: a plan made on a CPU for a GPU extraction
+    records the GPU's precision, so it describes the store the GPU will write.
     """
+    config = settled_precision(config)
     dataset = open_dataset(config.dataset, tile_size=config.encoder.tile_size, split_seed=config.split_seed,
                            magnification=config.magnification)
     config = effective_config(config, dataset.info.tile_size)

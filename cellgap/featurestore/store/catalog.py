@@ -18,6 +18,7 @@ from cellgap.featurestore.store.manifest import (
     Manifest,
     check_compatible,
     differences,
+    encoder_differences,
     parse_manifest,
 )
 from cellgap.featurestore.store.writer import CREATING
@@ -77,7 +78,7 @@ def scan_stores(stores_root: Path) -> list[tuple[Path, Manifest]]:
 
 def incompatibility(stored: Manifest, wanted: Manifest) -> list[str]:
     """Dotted manifest fields that keep a store from serving a job (empty when it can)."""
-    found = [f"encoder.{d}" for d in differences(stored.encoder.identity(), wanted.encoder.identity())]
+    found = [f"encoder.{d}" for d in encoder_differences(stored.encoder, wanted.encoder)]
     found += [f"dataset.{d}" for d in differences(stored.dataset.model_dump(exclude={"path"}),
                                                    wanted.dataset.model_dump(exclude={"path"}))]
     found += [f"storage.{d}" for d in differences(stored.storage.model_dump(), wanted.storage.model_dump())]
@@ -93,7 +94,7 @@ def find_compatible(stores_root: Path, wanted: Manifest) -> Path | None:
     candidates = []
     for path, stored in scan_stores(stores_root):
         try:
-            check_compatible(stored, wanted, str(path))
+            check_compatible(stored, wanted, str(path), writing=not is_complete(path))  # a partial one is resumed
         except ManifestMismatchError:
             log.debug("%s is not compatible: differs in %s", path, ", ".join(incompatibility(stored, wanted)[:4]))
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cellgap.featurestore.encoders.precision import describe_precision
 from cellgap.featurestore.store import layout
 from cellgap.featurestore.store.arrays import array_at, metadata_v3
 from cellgap.featurestore.store.reader import FeatureStore
@@ -62,6 +63,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"dataset   {ds['format']}:{ds['path']}  tile {ds['tile_size']}px  magnification "
         f"{_magnification(ds)}  classes {', '.join(ds['class_names']) or '(none)'}",
         f"encoder   {enc['name']} [{enc['architecture']}]  weights {enc['weights_source']} sha256 {enc['weights_sha256'][:16]}",
+        f"precision {describe_precision(enc.get('precision', 'unknown'))}",
         f"input     {enc['input_size']}px resize={enc['resize']} mean={tuple(round(v, 3) for v in enc['mean'])} "
         f"std={tuple(round(v, 3) for v in enc['std'])} position-embedding: {enc['position_embedding']}",
         f"storage   {st['dtype']} codec={st['codec']} {st['shard_tiles']} tiles/shard views={','.join(st['views'])}",

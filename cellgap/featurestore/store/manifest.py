@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -11,7 +12,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from cellgap.core.version import cellgap_version
 from cellgap.featurestore.datasets.base import DatasetInfo, TileMeta
 from cellgap.featurestore.encoders.description import EncoderDescription
+from cellgap.featurestore.encoders.precision import UNKNOWN
 from cellgap.featurestore.errors import ManifestMismatchError, StoreError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 PIXEL_HASH = "xxh3_128"  # what new stores hash each tile's pixels with (see layout.PIXEL_HASH_BYTES)
@@ -113,14 +117,46 @@ def differences(stored: dict[str, Any], wanted: dict[str, Any], prefix: str = ""
     return found
 
 
-def check_compatible(stored: Manifest, wanted: Manifest, where: str) -> None:
-    """Refuse to continue a store that another encoder, layer set, data set or storage choice wrote."""
-    encoder = differences(stored.encoder.identity(), wanted.encoder.identity())
+def encoder_differences(stored: EncoderDescription, wanted: EncoderDescription) -> list[str]:
+    """Identity fields in which two encoders differ, an `unknown` precision (a manifest older than the
+    field) matching any: reading such features is not mixing them (`check_precision` refuses writing)."""
+    found = differences(stored.identity(), wanted.identity())
+    if UNKNOWN in (stored.precision, wanted.precision):
+        found = [path for path in found if path != "precision"]
+    return found
+
+
+def check_precision(stored: EncoderDescription, wanted: EncoderDescription, where: str, *, writing: bool,
+                    wanting: str, hint: str) -> None:
+    """Refuse features of another compute precision; `writing` (a resume) refuses an unknown one too,
+    since its shards could be bf16 or fp32 and the new ones would be the other."""
+    if stored.precision == wanted.precision:
+        return
+    if UNKNOWN in (stored.precision, wanted.precision):
+        if writing:
+            raise ManifestMismatchError(
+                f"{where} was written before cellgap recorded the encoder's precision (bf16 if extracted on a GPU, "
+                f"fp32 on a CPU); adding {wanted.precision} shards could mix the two. Finish it with the cellgap that "
+                "started it, or use another --store path")
+        log.warning("%s: encoder precision %s, the other side %s (a manifest older than the field); "
+                    "taken as compatible", where, stored.precision, wanted.precision)
+        return
+    raise ManifestMismatchError(
+        f"{where} holds features computed in {stored.precision}; {wanting} {wanted.precision}; {hint}")
+
+
+def check_compatible(stored: Manifest, wanted: Manifest, where: str, *, writing: bool = True) -> None:
+    """Refuse to continue a store that another encoder, precision, layer set, data set or storage choice wrote.
+
+    `writing=False` is for a store that is only read (a complete store reused, a run's training store)."""
+    encoder = [d for d in encoder_differences(stored.encoder, wanted.encoder) if d != "precision"]
     if encoder:
         raise ManifestMismatchError(
             f"{where} was written by encoder {stored.encoder.name!r} ({stored.encoder.weights_source}); this run asks "
             f"for {wanted.encoder.name!r} ({wanted.encoder.weights_source}); they differ in {', '.join(encoder[:4])}. "
             "Use another --store path")
+    check_precision(stored.encoder, wanted.encoder, where, writing=writing, wanting="this run computes",
+                    hint=f"pass --precision {stored.encoder.precision} to use it, or another --store path")
     before = stored.dataset.model_dump(exclude={"path"})
     if before["magnification"] is None and wanted.dataset.magnification_source == "assumed":
         before.update(magnification=wanted.dataset.magnification, magnification_source="assumed")  # older stores
@@ -136,8 +172,10 @@ def check_compatible(stored: Manifest, wanted: Manifest, where: str) -> None:
 
 def check_encoder(stored: Manifest, expected: EncoderDescription, where: str) -> None:
     """A reader that needs features of one specific encoder (a trained decoder) checks this."""
-    diff = differences(stored.encoder.identity(), expected.identity())
+    diff = [d for d in encoder_differences(stored.encoder, expected) if d != "precision"]
     if diff:
         raise ManifestMismatchError(
             f"{where} holds features of encoder {stored.encoder.name!r} ({stored.encoder.weights_source}), "
             f"expected {expected.name!r} ({expected.weights_source}); they differ in {', '.join(diff[:4])}")
+    check_precision(stored.encoder, expected, where, writing=False, wanting="the decoder was trained on",
+                    hint=f"extract a store with --precision {expected.precision} for it")

@@ -283,7 +283,8 @@ def open_or_create(location: str, manifest: Manifest, metas: Sequence[TileMeta])
         _remove(location)
         return create_store(location, manifest, metas), False
     stored = parse_manifest(group.attrs.asdict(), location)
-    check_compatible(stored, manifest, location)
+    complete = layout.DONE in group and bool(read_all(group, layout.DONE).astype(bool).all())
+    check_compatible(stored, manifest, location, writing=not complete)  # a complete store gets no new shards
     _remove_partial_files(location)
     return StoreWriter(open_group(location, mode="r+"), stored, location), True
 
