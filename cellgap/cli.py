@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     from cellgap.compare import cli as compare_cli
     from cellgap.decoder import cli as decoder_cli
     from cellgap.featurestore import cli as featurestore_cli
+    from cellgap.gpubench import cli as gpubench_cli
     from cellgap.metrics import cli as metrics_cli
 
     parser = OneLineParser(
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
     bench = commands.add_parser("bench", help="measure ratios that the design promises, in one run")
     bench_commands = bench.add_subparsers(dest="bench", metavar="WHAT", required=True, parser_class=OneLineParser)
-    for package_cli in (featurestore_cli, metrics_cli, decoder_cli, compare_cli, api_cli):
+    for package_cli in (featurestore_cli, metrics_cli, decoder_cli, compare_cli, api_cli, gpubench_cli):
         package_cli.register(commands, bench_commands)
     demo.register(commands)
     return parser
