@@ -20,14 +20,14 @@ from cellgap.api.errors import NoModelError, ServiceUnavailableError, install_er
 from cellgap.api.memory import MemoryReleaseMiddleware, MemoryReleaser
 from cellgap.api.metrics import Metrics, MetricsMiddleware
 from cellgap.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, BodyTimeoutMiddleware, BusyMiddleware
-from cellgap.api.routes import evaluate, health, metrics, models, predict
+from cellgap.api.routes import evaluate, health, metrics, models, predict, region
 from cellgap.api.schemas import EvaluateArrays
 from cellgap.api.service import ModelService, PredictorFactory, load_predictor
 from cellgap.api.settings import Settings, get_settings
 from cellgap.core.version import cellgap_version
 
 logger = logging.getLogger(__name__)
-PREDICT_PATHS = ("/v1/predict", "/v1/predict/batch")
+PREDICT_PATHS = ("/v1/predict", "/v1/predict/batch", "/v1/predict/region")
 
 DESCRIPTION = """Nucleus segmentation and classification of histopathology tiles with a frozen foundation-model
 encoder and a CISCA-style decoder, and the metrics of `cellgap evaluate`.
@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None, *, predictor_factory: Predictor
     app.state.not_ready_reason = "the model is still loading"
     app.state.memory = MemoryReleaser()
     install_error_handlers(app)
-    for module in (health, metrics, models, predict, evaluate):
+    for module in (health, metrics, models, predict, region, evaluate):
         app.include_router(module.router)
     # the last added runs first: metrics, API key, memory release, refusal when busy, then the body's limits
     app.add_middleware(BodyTimeoutMiddleware, read_timeout_s=settings.read_timeout_s,

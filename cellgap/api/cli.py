@@ -29,6 +29,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     serve.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: CELLGAP_DEVICE, else auto)")
     serve.add_argument("--threads", type=positive_int, help="CPU threads of the model (default: CELLGAP_THREADS, "
                                                             "else torch's default)")
+    serve.add_argument("--slides-root", type=Path, metavar="DIR",
+                       help="folder of slides /v1/predict/region reads (default: CELLGAP_SLIDES_ROOT; neither: off)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                        help="default: CELLGAP_LOG_LEVEL, else info")
     serve.set_defaults(handler=run_serve)
@@ -62,7 +64,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from cellgap.api.settings import Settings
 
     overrides = {k: v for k, v in (("run_dir", args.run), ("device", args.device), ("threads", args.threads),
-                                   ("log_level", args.log_level)) if v is not None}
+                                   ("slides_root", args.slides_root), ("log_level", args.log_level)) if v is not None}
     try:
         settings = Settings(**overrides)
     except ValidationError as error:

@@ -68,6 +68,24 @@ class ServiceUnavailableError(ApiError, RuntimeError):
         super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
 
 
+class ForbiddenError(ApiError, PermissionError):
+    """The request names something the server will not open for anyone (a path outside the slides root)."""
+
+    status, code = 403, "forbidden"
+
+
+class NotFoundError(ApiError, LookupError):
+    """The request names something that does not exist (a slide under the slides root)."""
+
+    status, code = 404, "not_found"
+
+
+class NotEnabledError(ApiError, LookupError):
+    """A route this server was configured without (no slides root): permanent, so 501 and no Retry-After."""
+
+    status, code = 501, "not_enabled"
+
+
 class NoModelError(ApiError, LookupError):
     """This server was started without a run: a permanent condition, so 501 and no Retry-After."""
 

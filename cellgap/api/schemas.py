@@ -49,6 +49,51 @@ class PredictResponse(BaseModel):
     overlay_png: str | None = Field(None, description="base64 PNG of the overlay, only with overlay=true")
 
 
+MAX_COORDINATE = 2**31 - 1  # level-0 pixels; far beyond any slide, and an int everywhere
+
+
+class RegionRequest(BaseModel):
+    """A region of a slide under the server's slides root, in level-0 (full-resolution) pixels."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"slide": "case-07/slide.svs", "x": 20480, "y": 11264, "width": 1024, "height": 1024}]})
+
+    slide: str = Field(min_length=1, max_length=1024, description=(
+        "the slide's path relative to the slides root, '/'-separated; absolute paths, '..' and symbolic links "
+        "leading out of the root are refused"))
+    x: int = Field(ge=0, le=MAX_COORDINATE, description="left edge, level-0 pixels")
+    y: int = Field(ge=0, le=MAX_COORDINATE, description="top edge, level-0 pixels")
+    width: int = Field(ge=1, le=MAX_COORDINATE, description="level-0 pixels; x + width at most the slide's width")
+    height: int = Field(ge=1, le=MAX_COORDINATE, description="level-0 pixels; y + height at most the slide's height")
+    mpp: float | None = Field(None, gt=0, le=1000, allow_inf_nan=False, description=(
+        "microns per pixel of the slide at level 0, over what the file records (for slides that record none)"))
+
+
+class RegionResponse(PredictResponse):
+    """Cells found in a slide region; every coordinate (centroid, bbox, polygon) and area is in level-0 slide
+    pixels, so the cells overlay the slide in QuPath as they are."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "case-07/slide.svs", "x": 20480, "y": 11264, "width": 1024, "height": 1024,
+        "model_id": "convnext_atto-3f2a9c", "sliding_window": True, "slide_mpp": 0.25, "mpp": 0.5, "scale": 2.0,
+        "read_width": 512, "read_height": 512, "n_cells": 1, "counts": {"neoplastic": 0, "inflammatory": 1},
+        "cells": [{**_CELL_EXAMPLE, "centroid": [20554.3, 11289.3], "bbox": [20542, 11278, 20568, 11302],
+                   "area": 472, "polygon": [[20546.0, 11278.0], [20564.0, 11278.0], [20568.0, 11296.0],
+                                            [20546.0, 11302.0], [20542.0, 11290.0], [20546.0, 11278.0]]}]}]})
+
+    name: str = Field("", description="the slide, as the request named it")
+    width: int = Field(description="of the region, level-0 pixels")
+    height: int = Field(description="of the region, level-0 pixels")
+    sliding_window: bool = Field(description="true when the image read was larger than a tile")
+    x: int = Field(description="the region's left edge, level-0 pixels")
+    y: int = Field(description="the region's top edge, level-0 pixels")
+    slide_mpp: float = Field(description="microns per pixel of the slide at level 0")
+    mpp: float = Field(description="microns per pixel the region was read and predicted at")
+    scale: float = Field(description="level-0 pixels per pixel read (1: read as it is; 2: a 40x slide for a 20x model)")
+    read_width: int = Field(description="width of the image read and predicted (and of the png overlay)")
+    read_height: int = Field(description="height of the image read and predicted (and of the png overlay)")
+
+
 class BatchResponse(BaseModel):
     """One result per uploaded file, in upload order."""
 

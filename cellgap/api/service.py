@@ -39,6 +39,9 @@ class PredictorLike(Protocol):
     @property
     def model_id(self) -> str: ...
 
+    @property
+    def mpp(self) -> float: ...
+
     def describe(self) -> dict[str, Any]: ...
 
     def predict_batch(self, images: list[np.ndarray]) -> list[Instances]: ...
@@ -80,6 +83,7 @@ class ModelService:
         self.class_names = tuple(predictor.class_names)
         self.tile_size = int(predictor.tile_size)
         self.model_id = str(predictor.model_id)
+        self.mpp = float(predictor.mpp)  # microns per pixel the model sees: slide regions are read at it
         self._description: dict[str, Any] | None = None
         self._decode_slots = asyncio.Semaphore(settings.max_decoding)
         self.batcher: DynamicBatcher[np.ndarray, Instances] = DynamicBatcher(

@@ -5,7 +5,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import DirectoryPath, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cellgap.core.limits import MAX_IMAGE_PIXELS
@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CELLGAP_", extra="ignore", frozen=True, env_ignore_empty=True)
 
     run_dir: Path | None = Field(None, description="trained run to serve; without one only /v1/evaluate works")
+    slides_root: DirectoryPath | None = Field(None, description=(
+        "folder of whole-slide images that /v1/predict/region may read (read-only; paths outside it are refused); "
+        "unset: that route is off"))
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, ge=1, le=1024, description="CPU threads of the model (torch); default: torch's")
     api_key: SecretStr | None = Field(None, description="when set, every /v1 route needs it in X-API-Key")

@@ -42,7 +42,9 @@ def sniff(data: bytes) -> str:
     return "unknown"
 
 
-def _check_size(height: int, width: int, limits: Limits, what: str) -> None:
+def check_size(height: int, width: int, limits: Limits, what: str) -> None:
+    """Refuse an image of this size before its pixels exist (413 above the limit, sides below a tile counting as a
+    tile, as the model pads them)."""
     if height < 1 or width < 1:
         raise InvalidInputError(f"{what}: the image is empty ({height} x {width} pixels)", code="empty")
     work = max(height, limits.min_side) * max(width, limits.min_side)
@@ -88,7 +90,7 @@ def probe_image(data: bytes, limits: Limits, what: str = "upload") -> tuple[int,
         height, width = _tiff_hw(data, what)
     else:
         height, width = _pil_hw(data, what)
-    _check_size(height, width, limits, what)
+    check_size(height, width, limits, what)
     return height, width
 
 
@@ -162,7 +164,7 @@ def _to_rgb(array: np.ndarray, what: str) -> np.ndarray:
 def _read_pil(data: bytes, limits: Limits, what: str) -> np.ndarray:
     image = _pil_open(data, what)
     with image:
-        _check_size(image.height, image.width, limits, what)  # header only: nothing decoded yet
+        check_size(image.height, image.width, limits, what)  # header only: nothing decoded yet
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)
         try:
@@ -183,7 +185,7 @@ def _read_tiff(data: bytes, limits: Limits, what: str) -> np.ndarray:
             page = tif.pages[0]
             shape = tuple(int(s) for s in page.shape)
             _check_channels(shape, what)
-            _check_size(*_image_hw(shape), limits, what)
+            check_size(*_image_hw(shape), limits, what)
             return page.asarray()
     except (InvalidInputError, TooLargeError):
         raise
@@ -217,12 +219,12 @@ def _read_npy(data: bytes, limits: Limits, what: str, *, image: bool) -> np.ndar
         raise InvalidInputError(f"{what}: the array is empty (shape {shape})", code="empty")
     if image:
         _check_channels(shape, what)
-        _check_size(*_image_hw(shape), limits, what)
+        check_size(*_image_hw(shape), limits, what)
     else:
         if len(shape) not in (2, 3):
             raise InvalidInputError(f"{what}: expected a label map (H,W) or (H,W,2), got shape {shape}",
                                     code="invalid_labels")
-        _check_size(shape[0], shape[1], limits, what)
+        check_size(shape[0], shape[1], limits, what)
     expected = int(np.prod(shape)) * dtype.itemsize
     if expected > len(data):
         raise InvalidInputError(f"{what}: the .npy header promises {expected} bytes but the file is shorter",

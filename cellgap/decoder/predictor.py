@@ -87,6 +87,13 @@ class Predictor:
     def tile_size(self) -> int:
         return self.checkpoint.spec.tile_size
 
+    @property
+    def mpp(self) -> float:
+        """Microns per pixel the model was trained at: the pixel size slides are read at for it."""
+        from cellgap.decoder.slides import run_mpp  # that module imports this one
+
+        return run_mpp(self.checkpoint.manifest)
+
     def describe(self) -> dict[str, Any]:
         info = self.checkpoint.info
         manifest = self.checkpoint.manifest

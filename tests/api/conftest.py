@@ -26,6 +26,7 @@ class FakePredictor:
     class_names = ("tumour", "immune")
     tile_size = TILE
     model_id = "fake@0123456789"
+    mpp = 0.5
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
@@ -143,14 +144,21 @@ AUTH = {"X-API-Key": KEY}
 
 
 @pytest.fixture(scope="session")
-def server(tiny_run):
-    """`cellgap serve` on loopback over the tiny run, with an API key and small limits; (client, process)."""
+def server_slides(tmp_path_factory) -> Path:
+    """The slides root of the `server` fixture (empty: tests write the slides they read)."""
+    return tmp_path_factory.mktemp("server-slides")
+
+
+@pytest.fixture(scope="session")
+def server(tiny_run, server_slides):
+    """`cellgap serve` on loopback over the tiny run, with an API key, small limits and a slides root;
+    (client, process)."""
     import httpx
 
     from cellgap.api.bench import serve_in_subprocess
 
     env = {**ONE_THREAD, "CELLGAP_API_KEY": KEY, "CELLGAP_MAX_BODY_BYTES": str(8 * 1024 * 1024),
-           "CELLGAP_MAX_IMAGE_PIXELS": str(1024 * 1024)}
+           "CELLGAP_MAX_IMAGE_PIXELS": str(1024 * 1024), "CELLGAP_SLIDES_ROOT": str(server_slides)}
     with serve_in_subprocess(tiny_run, env=env, args=["--device", "cpu", "--log-level", "warning"]) as (url, process):
         with httpx.Client(base_url=url, headers=AUTH, timeout=120.0) as client:
             yield client, process

@@ -357,14 +357,14 @@ def test_file_names_are_labels_never_paths(client, tmp_path):
 
 
 def test_a_non_finite_score_is_sent_as_null_not_as_zero():
-    from cellgap.api.routes.predict import _finite
+    from cellgap.api.routes.predict import finite_scores
     from cellgap.api.schemas import _CELL_EXAMPLE, PredictResponse
 
     cells = [{**_CELL_EXAMPLE, "id": 1, "score": float("nan"), "class_confidence": float("inf")},
              {**_CELL_EXAMPLE, "id": 2}]
     response = PredictResponse(name="t.png", width=64, height=64, model_id="m", sliding_window=False, n_cells=2,
                                counts={"inflammatory": 2}, cells=cells)
-    sent = json.loads(_finite(response).model_dump_json())
+    sent = json.loads(finite_scores(response).model_dump_json())
     assert [(c["score"], c["class_confidence"]) for c in sent["cells"]] == [(None, None), (0.93, 0.88)]
 
 

@@ -50,11 +50,15 @@ def fuzz(schema, examples: int, **call_kwargs) -> dict[str, dict[int, int]]:
     return seen
 
 
-def test_fuzz_in_process():
-    app = create_app(make_settings(api_key=AUTH["X-API-Key"]), predictor_factory=lambda _: FakePredictor())
+def test_fuzz_in_process(tmp_path):
+    from tests.api.test_region import blob_field, write_slide
+
+    write_slide(tmp_path / "slide.tif", blob_field(), mpp=0.5)  # generated names rarely hit it; the path checks run
+    app = create_app(make_settings(api_key=AUTH["X-API-Key"], slides_root=tmp_path),
+                     predictor_factory=lambda _: FakePredictor())
     with TestClient(app):
         seen = fuzz(schemathesis.openapi.from_asgi("/openapi.json", app), examples=25)
-    assert len(seen) == 14
+    assert len(seen) == 16
     # Whether a generated evaluate upload is valid enough for a 200 depends on what else the session collected
     # (it failed only in full runs); test_evaluate.py checks the valid requests, this test the schema and 4xx.
 

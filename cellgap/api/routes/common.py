@@ -9,12 +9,13 @@ from cellgap.api.errors import ErrorBody, InvalidInputError, TooLargeError
 from cellgap.api.settings import Settings
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error answers a route can give (all share `ErrorBody`)."""
+def error_responses(*statuses: int, described: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers a route can give (all share `ErrorBody`); `described` overrides
+    the usual description of a status for this route."""
     text = {400: "malformed request", 401: "missing or wrong API key", 413: "body, file or image too large",
             415: "not an image or array the service reads", 422: "invalid content or missing field",
             501: "the server was started without a run (evaluate only)",
-            503: "model not loaded or queue full (see Retry-After)"}
+            503: "model not loaded or queue full (see Retry-After)", **(described or {})}
     return {status: {"model": ErrorBody, "description": text.get(status, "error")} for status in statuses}
 
 

@@ -5,7 +5,7 @@ import asyncio
 import logging
 import math
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
@@ -25,6 +25,7 @@ from cellgap.api.uploads import ACCEPTED, Limits, decode_image, probe_image
 from cellgap.decoder.postprocess import Instances
 
 log = logging.getLogger(__name__)
+AnyPredictResponse = TypeVar("AnyPredictResponse", bound=PredictResponse)
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Depends(require_api_key)])
 
 
@@ -46,30 +47,30 @@ class PredictQuery(BatchQuery):
 
 
 _FILE_HELP = f"a tile or image: {ACCEPTED} (an (H,W,3) / (H,W) array for .npy); larger than a tile = sliding windows"
-_GEOJSON_EXAMPLE = {"type": "FeatureCollection", "features": [{
+GEOJSON_EXAMPLE = {"type": "FeatureCollection", "features": [{
     "type": "Feature", "id": "0c5b8c7e-6b0a-5d57-9f0e-3d2f3b8f1a11",
     "geometry": {"type": "Polygon", "coordinates": [[[31.0, 7.0], [44.0, 7.0], [44.0, 19.0], [31.0, 19.0], [31.0, 7.0]]]},
     "properties": {"objectType": "detection", "classification": {"name": "inflammatory", "color": [86, 180, 233]},
                    "measurements": {"score": 0.93, "class_confidence": 0.88, "area": 118.0}, "isLocked": False}}]}
 _PREDICT_RESPONSES = {
     200: {"description": "cells (json), a QuPath FeatureCollection (geojson) or the overlay image (png)",
-          "content": {"application/geo+json": {"schema": {"type": "object"}, "example": _GEOJSON_EXAMPLE},
+          "content": {"application/geo+json": {"schema": {"type": "object"}, "example": GEOJSON_EXAMPLE},
                       "image/png": {"schema": {"type": "string", "format": "binary"}}}},
     **error_responses(400, 401, 413, 415, 422, 501, 503),
 }
 
 
-def _limits(settings: Settings, service: ModelService) -> Limits:
+def limits_of(settings: Settings, service: ModelService) -> Limits:
     return Limits(max_pixels=settings.max_image_pixels, min_side=service.tile_size)
 
 
-def _json(model: PredictResponse | BatchResponse) -> Response:
+def json_answer(model: PredictResponse | BatchResponse) -> Response:
     """The model serialised by pydantic-core in one call; FastAPI's generic encoder took 4 ms per tile (30 times
     as long) on the event loop, time that the model thread waits for the interpreter lock."""
     return Response(model.model_dump_json(), media_type="application/json")
 
 
-def _finite(response: PredictResponse) -> PredictResponse:
+def finite_scores(response: AnyPredictResponse) -> AnyPredictResponse:
     """A non-finite score or confidence (a damaged model output) is sent as null, never as a made-up
     number: strict JSON has no NaN, and 0 would read as a confident 'no'."""
     broken = 0
@@ -97,14 +98,14 @@ async def _probe(upload: UploadFile, field: str, service: ModelService, settings
     before its pixels are decoded, except the queue's room (`ModelService.reserve`)."""
     data = await read_upload(upload, field, settings)
     what = describe_upload(upload, field)
-    height, width = await run_in_threadpool(probe_image, data, _limits(settings, service), what)
+    height, width = await run_in_threadpool(probe_image, data, limits_of(settings, service), what)
     return _Probed(data, what, height, width)
 
 
 async def _decode(admitted: _Probed, service: ModelService, settings: Settings,
                   memory: MemoryReleaser) -> np.ndarray:
     async with service.decode_slot():  # at most max_decoding images decoded at once
-        image = await run_in_threadpool(decode_image, admitted.data, _limits(settings, service), admitted.what)
+        image = await run_in_threadpool(decode_image, admitted.data, limits_of(settings, service), admitted.what)
     service.metrics.decoded.inc()
     memory.note(image.nbytes + len(admitted.data))
     return image
@@ -115,7 +116,7 @@ async def _cells(image: np.ndarray, instances: Instances, name: str, service: Mo
     result = await run_in_threadpool(
         lambda: cells_response(image, instances, class_names=service.class_names, model_id=service.model_id,
                                tile_size=service.tile_size, name=name, with_overlay=with_overlay))
-    return _finite(result)
+    return finite_scores(result)
 
 
 @router.post("/predict", response_model=PredictResponse, responses=_PREDICT_RESPONSES,
@@ -144,7 +145,7 @@ async def predict(
     if format is OutputFormat.geojson:
         content = await run_in_threadpool(geojson, instances, service.class_names, name)
         return JSONResponse(content, media_type="application/geo+json")
-    return _json(await _cells(image, instances, name, service, query.overlay))
+    return json_answer(await _cells(image, instances, name, service, query.overlay))
 
 
 @router.post("/predict/batch", response_model=BatchResponse, responses=error_responses(400, 401, 413, 415, 422, 501, 503),
@@ -181,4 +182,4 @@ async def predict_batch(
     results = [await _cells(image, instances.with_min_score(query.min_score), upload_name(upload),  # type: ignore[union-attr]
                             service, query.overlay)
                for upload, image, instances in zip(files, images, predicted)]
-    return _json(BatchResponse(model_id=service.model_id, results=results))
+    return json_answer(BatchResponse(model_id=service.model_id, results=results))
