@@ -18,6 +18,7 @@ from cellgap.core.stages import StageClock, measured
 from cellgap.decoder.checkpoint import BEST, Checkpoint, load_checkpoint
 from cellgap.decoder.errors import CheckpointError, PredictionError
 from cellgap.decoder.inference import TileMaps, forward_probabilities, instances_of, split_tiles
+from cellgap.decoder.pixelsize import run_mpp
 from cellgap.decoder.postprocess import Instances
 from cellgap.decoder.sliding import blend_windows, pad_to_tile
 from cellgap.featurestore.encoders.encoder import EncoderSettings, FrozenEncoder, pick_device
@@ -90,8 +91,6 @@ class Predictor:
     @property
     def mpp(self) -> float:
         """Microns per pixel the model was trained at: the pixel size slides are read at for it."""
-        from cellgap.decoder.slides import run_mpp  # that module imports this one
-
         return run_mpp(self.checkpoint.manifest)
 
     def describe(self) -> dict[str, Any]:

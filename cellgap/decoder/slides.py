@@ -28,6 +28,7 @@ from cellgap.core.stages import StageClock, measured
 from cellgap.decoder.errors import PredictionError
 from cellgap.decoder.inference import TileMaps, instances_of
 from cellgap.decoder.outputs import cells_of, write_class_names
+from cellgap.decoder.pixelsize import run_mpp
 from cellgap.decoder.predictor import Predictor, check_run_dir
 from cellgap.decoder.slide_outputs import (
     LabelWriter,
@@ -42,9 +43,8 @@ from cellgap.decoder.slide_outputs import (
 )
 from cellgap.featurestore.slides.grid import Region, Roi, plan_regions
 from cellgap.featurestore.slides.reader import Slide, open_slide
-from cellgap.featurestore.slides.resolution import MPP_AT_MAGNIFICATION, read_scale
+from cellgap.featurestore.slides.resolution import read_scale
 from cellgap.featurestore.slides.tissue import detect_tissue, mask_preview
-from cellgap.featurestore.store.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +82,6 @@ class SlideSummary:
         resumed = f", {self.resumed} resumed" if self.resumed else ""
         return (f"{self.name}: {self.cells} nuclei in {self.regions} regions{resumed}, {self.seconds:.1f} s "
                 f"({rate:.0f} nuclei/s), read at {self.mpp * self.scale:.3f} mpp, tissue {self.tissue_fraction:.0%}")
-
-
-def run_mpp(manifest: Manifest) -> float:
-    """The pixel size the run's model was trained at: recorded, else the usual one of its magnification."""
-    dataset = manifest.dataset
-    if dataset.mpp is not None:
-        return float(dataset.mpp)
-    magnification = dataset.magnification or 40
-    if dataset.magnification_source == "assumed" or dataset.magnification is None:
-        log.warning("the run's store does not know its magnification; %dx (%.2f mpp) is assumed for reading slides "
-                    "(extract with --magnification or --mpp to say it)", magnification,
-                    MPP_AT_MAGNIFICATION.get(magnification, 0.25))
-    return MPP_AT_MAGNIFICATION.get(magnification, 0.25)
 
 
 def predict_slides(run_dir: Path, slides: list[Path], out: Path, settings: SlideSettings, *, device: str = "auto",
